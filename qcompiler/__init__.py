@@ -1,0 +1,34 @@
+"""qcompiler: a graph-rewriting quantization compiler over ONNX.
+
+Python API in a nutshell::
+
+    import qcompiler as qc
+    graph = qc.load_model("model.onnx")
+    result = qc.compile_graph(graph, "fold-bn,cle,calibrate,insert-qdq", calib_data="calib.npz")
+    qc.save_model(graph, "model.int8.onnx")
+"""
+
+__version__ = "0.1.0"
+
+from .diagnostics import Diagnostic, QCompilerError, Severity  # noqa: E402
+from .ir import graph_to_text, load_model, save_model, verify_graph  # noqa: E402
+from .pm import PassContext, PassManager, parse_pipeline, print_pipeline, run_pipeline  # noqa: E402
+
+
+def compile_graph(graph, pipeline, **kwargs):
+    """Run ``pipeline`` on ``graph`` in place; see :func:`qcompiler.api.compile_graph`."""
+    from .api import compile_graph as _compile
+
+    return _compile(graph, pipeline, **kwargs)
+
+
+def compile_model(input_path, output_path, pipeline, **kwargs):
+    """Load, compile and save atomically; see :func:`qcompiler.api.compile_model`."""
+    from .api import compile_model as _compile
+
+    return _compile(input_path, output_path, pipeline, **kwargs)
+
+
+__all__ = ["Diagnostic", "QCompilerError", "Severity", "graph_to_text", "load_model", "save_model",
+           "verify_graph", "PassContext", "PassManager", "parse_pipeline", "print_pipeline", "run_pipeline",
+           "compile_graph", "compile_model", "__version__"]

@@ -1,0 +1,156 @@
+"""The Python entry points behind ``qcompiler compile``.
+
+``compile_model`` is what build systems call: it checks everything cheap first (paths, pipeline
+text, pipeline facts, recipe, data signature), then runs the passes, verifies the result and writes
+it atomically.  The input model is never modified; on any error nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_graphsurgeon as gs
+
+from .diagnostics import DiagnosticEngine, ModelSaveError, QCompilerError, Severity, UsageError
+from .ir import fix_input_shapes, load_model, save_model, verify_graph
+from .ir.io import get_meta
+from .pm import DumpIR, PassContext, PassManager, PipelineResult, Reproducer, Timing, load_pipeline
+from .pm.manager import initial_facts
+
+
+@dataclass
+class CompileResult:
+    graph: gs.Graph
+    pipeline: str
+    result: PipelineResult
+    diagnostics: DiagnosticEngine
+    context: PassContext
+    output: Path | None = None
+    extra_files: list[Path] = field(default_factory=list)
+
+
+def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+    out = Path(output_path)
+    inp = Path(input_path)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"output path '{out}' is a directory", code="QC204", hint="give a file name, e.g. -o model.int8.onnx")
+    try:
+        same = out.exists() and inp.exists() and os.path.samefile(out, inp)
+    except OSError:
+        same = False
+    if same or out.resolve() == inp.resolve():
+        raise UsageError(f"output path '{out}' is the input model", code="QC204",
+                         hint="write to a new file; qcompiler never modifies its input")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ModelSaveError(f"output folder '{parent}' does not exist", location=str(out),
+                             hint="create it first or choose another -o path")
+    if not os.access(parent, os.W_OK):
+        raise ModelSaveError(f"output folder '{parent}' is not writable", location=str(out),
+                             hint="choose a writable -o path")
+    return out
+
+
+def make_context(*, config: Any = None, calib_data: Any = None, calib_cache: str | None = None,
+                 diagnostics: DiagnosticEngine | None = None, seed: int = 0, progress: bool | None = None,
+                 threads: int | None = None, allow_random_calibration: bool = False,
+                 calib_options: dict[str, Any] | None = None) -> PassContext:
+    ctx = PassContext(diagnostics=diagnostics or DiagnosticEngine(), seed=seed, progress=progress, threads=threads,
+                      allow_random_calibration=allow_random_calibration, calib_cache=calib_cache)
+    if config is not None:
+        from .quant.recipe import load_recipe
+
+        ctx.recipe = load_recipe(config)
+    if calib_data is not None:
+        from .calib.data import as_data_source
+
+        ctx.calib_data = as_data_source(calib_data, **(calib_options or {}))
+    return ctx
+
+
+def compile_graph(graph: gs.Graph, pipeline: Any, *, ctx: PassContext | None = None, verify_each: bool = False,
+                  instruments: list | None = None, **ctx_kwargs: Any) -> CompileResult:
+    """Run a pipeline on a graph in place.  ``ctx_kwargs`` go to :func:`make_context`."""
+    spec = load_pipeline(pipeline)
+    ctx = ctx or make_context(**ctx_kwargs)
+    pm = PassManager(spec, verify_each=verify_each, instruments=instruments or [])
+    pm.check_facts(ctx.facts | initial_facts(graph))
+    result = pm.run(graph, ctx)
+    return CompileResult(graph, str(spec), result, ctx.diagnostics, ctx)
+
+
+def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike, pipeline: Any, *,
+                  config: Any = None, calib_data: Any = None, calib_cache: str | None = None,
+                  input_shapes: dict[str, list[int]] | None = None, verify_each: bool = False,
+                  dump_ir: str | None = None, timing: bool = False, reproducer: str | None = None,
+                  diagnostics: DiagnosticEngine | None = None, external_data: str = "auto",
+                  seed: int = 0, progress: bool | None = None, threads: int | None = None,
+                  allow_random_calibration: bool = False, calib_options: dict[str, Any] | None = None,
+                  save_recipe: bool = True) -> CompileResult:
+    """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically."""
+    out = check_output_path(input_path, output_path)
+    spec = load_pipeline(pipeline)  # syntax, names and options: fail before loading anything
+    diags = diagnostics or DiagnosticEngine()
+    ctx = make_context(config=config, calib_data=calib_data, calib_cache=calib_cache, diagnostics=diags, seed=seed,
+                       progress=progress, threads=threads, allow_random_calibration=allow_random_calibration,
+                       calib_options=calib_options)
+    graph = load_model(input_path)
+    verify_graph(graph)
+    if input_shapes:
+        fix_input_shapes(graph, input_shapes)
+    instruments: list[Any] = []
+    if dump_ir:
+        instruments.append(DumpIR(dump_ir))
+    if reproducer:
+        instruments.append(Reproducer(reproducer))
+    if timing:
+        instruments.append(Timing())
+    pm = PassManager(spec, verify_each=verify_each, instruments=instruments)
+    pm.check_facts(ctx.facts | initial_facts(graph))
+    if ctx.calib_data is not None:
+        ctx.calib_data.check_signature(graph)
+    result = pm.run(graph, ctx)
+    verify_graph(graph, code="QC210", pass_name=result.records[-1].name if result.records else None)
+    if diags.has_errors:
+        first = diags.errors[0]
+        raise QCompilerError(first.message, code=first.code, node=first.node, pass_name=first.pass_name,
+                             hint=first.hint)
+    meta = get_meta(graph)
+    meta.metadata_props["qcompiler.pipeline"] = str(spec)
+    from . import __version__
+
+    meta.metadata_props["qcompiler.version"] = __version__
+    written = save_model(graph, out, external_data=external_data)
+    extra: list[Path] = []
+    used = ctx.artifacts.get("recipe_used")
+    if save_recipe and used is not None:
+        rp = Path(str(out) + ".recipe.json")
+        _atomic_write_text(rp, json.dumps(used, indent=2, sort_keys=True) + "\n")
+        extra.append(rp)
+    return CompileResult(graph, str(spec), result, diags, ctx, written, extra)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".qc-", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def severity_from_name(name: str) -> Severity:
+    return {"error": Severity.ERROR, "warning": Severity.WARNING, "remark": Severity.REMARK,
+            "note": Severity.NOTE}[name]

@@ -1,0 +1,537 @@
+"""Loading and saving models: the one place where ONNX protos become graphs and back.
+
+Choices made here (see docs/architecture.md):
+
+* The in-memory IR is an onnx-graphsurgeon ``gs.Graph``.  Model-level data that graphsurgeon drops
+  (metadata_props, doc_string, the source path, the external-data layout) travels on the graph
+  as ``graph.qc_meta`` (a :class:`ModelMeta`).
+* Weights stored as external data are never read at load time.  Each such initializer becomes a
+  graphsurgeon ``LazyValues`` subclass that reads its bytes from the source file on first use, so
+  a 3 GB model loads in milliseconds and a pass that does not touch a weight never reads it.
+* ``save_model`` writes to temporary files in the destination folder and renames them into place
+  (data file first, model last): a crash or an error leaves no half-written output.  External
+  data is streamed tensor by tensor (runs of zeros are skipped with ``seek`` so sparse inputs stay
+  sparse), so models over the 2 GB protobuf limit round-trip.
+* ``ir_version`` is set explicitly: onnx >= 1.23 stamps IR 14, which TensorRT 11 and older
+  onnxruntime builds refuse.  We write the smallest IR that the opset and the element types in
+  the model need, never above :data:`MAX_IR_VERSION`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from ..diagnostics import ModelLoadError, ModelSaveError
+
+#: Highest IR version we write (TensorRT 11 parses ONNX IR <= 13; onnxruntime >= 1.20 reads 13).
+MAX_IR_VERSION = 13
+#: Protobuf refuses to serialize messages of 2 GiB or more; stay well below it.
+PROTO_LIMIT = 2**31 - 2**26
+#: Tensors at least this large go to the external data file when external data is written.
+EXTERNAL_THRESHOLD = 1024
+
+_FP8_TYPES = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+              onnx.TensorProto.FLOAT8E5M2FNUZ}
+_INT4_TYPES = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+@dataclass
+class ModelMeta:
+    """What a model carries besides its graph."""
+
+    path: str | None = None  # file the model was loaded from (never written to)
+    ir_version: int | None = None
+    metadata_props: dict[str, str] = field(default_factory=dict)
+    doc_string: str = ""
+    domain: str = ""
+    model_version: int = 0
+    external_files: tuple[str, ...] = ()  # absolute paths of external data files read from
+    external_location: str | None = None  # relative name of the (single) external data file
+
+    def copy(self) -> "ModelMeta":
+        return ModelMeta(self.path, self.ir_version, dict(self.metadata_props), self.doc_string, self.domain,
+                         self.model_version, tuple(self.external_files), self.external_location)
+
+
+class ExternalValues(LazyValues):
+    """Lazily loaded values of an initializer kept in an external data file."""
+
+    def __init__(self, tensor: onnx.TensorProto, file: str, offset: int, length: int):
+        super().__init__(tensor)
+        self.file = file
+        self.offset = offset
+        self.length = length
+
+    def read_bytes(self) -> bytes:
+        with open(self.file, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.length)
+        if len(data) != self.length:
+            raise ModelLoadError(
+                f"external data for tensor '{self.tensor.name}' is truncated: expected {self.length} bytes at "
+                f"offset {self.offset} of '{self.file}', found {len(data)}", code="QC205", node=self.tensor.name,
+                hint="copy the model together with its complete .data file")
+        return data
+
+    def load(self) -> np.ndarray:
+        proto = onnx.TensorProto()
+        proto.CopyFrom(self.tensor)
+        del proto.external_data[:]
+        proto.data_location = onnx.TensorProto.DEFAULT
+        proto.raw_data = self.read_bytes()
+        return np.array(onnx.numpy_helper.to_array(proto))
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _all_tensor_protos(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+    """Initializers and tensor-valued attributes, in this graph and every subgraph."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensor_protos(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensor_protos(g)
+
+
+def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse a model file without reading its external data; raise ModelLoadError on bad input."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file '{p}' does not exist", code="QC201", location=str(p),
+                             hint="check the path; qcompiler reads .onnx model files")
+    if p.is_dir():
+        raise ModelLoadError(f"'{p}' is a directory, not an ONNX model file", code="QC201", location=str(p))
+    size = p.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"model file '{p}' is empty", code="QC202", location=str(p),
+                             hint="re-export the model; the file may have been truncated by an interrupted copy")
+    try:
+        with open(p, "rb") as f:
+            data = f.read()
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"'{p}' is not a valid ONNX model: the protobuf cannot be parsed ({exc})",
+                             location=str(p),
+                             hint="the file is truncated, corrupted or not an ONNX model; re-export it") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read '{p}': {exc.strerror}", code="QC201", location=str(p)) from None
+    if not model.HasField("graph") or (model.ir_version == 0 and not model.opset_import):
+        raise ModelLoadError(
+            f"'{p}' parses as protobuf but is not an ONNX model (no graph / ir_version / opset_import)",
+            location=str(p), hint="pass the .onnx model file itself, not a tensor, graph or other protobuf")
+    if len(model.graph.node) == 0 and len(model.graph.output) == 0:
+        raise ModelLoadError(f"'{p}' holds an empty graph (no nodes, no outputs)", location=str(p),
+                             hint="re-export the model")
+    return model
+
+
+def _resolve_external(model: onnx.ModelProto, base_dir: Path, source: str) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
+    """Map tensor name -> (absolute file, offset, length) for every external tensor; check the files."""
+    resolved: dict[str, tuple[str, int, int]] = {}
+    files: set[str] = set()
+    base_resolved = base_dir.resolve()
+    for t in _all_tensor_protos(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external_info(t)
+        loc = info.get("location")
+        if not loc:
+            raise ModelLoadError(f"tensor '{t.name}' is marked external but has no location", code="QC205",
+                                 location=source, node=t.name)
+        f = (base_dir / loc).resolve()
+        try:
+            f.relative_to(base_resolved)
+        except ValueError:
+            raise ModelLoadError(f"external data of tensor '{t.name}' points outside the model folder ('{loc}')",
+                                 code="QC205", location=source, node=t.name,
+                                 hint="keep external data files next to the model") from None
+        if not f.is_file():
+            raise ModelLoadError(f"external data file '{loc}' for tensor '{t.name}' not found next to the model",
+                                 code="QC205", location=source, node=t.name,
+                                 hint=f"copy '{loc}' into '{base_dir}'")
+        offset = int(info.get("offset", 0))
+        itemsize = _itemsize(t.data_type)
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        expected = (n * itemsize) if itemsize else None
+        if t.data_type in _INT4_TYPES:
+            expected = (n + 1) // 2
+        length = int(info["length"]) if "length" in info else (expected if expected is not None else f.stat().st_size - offset)
+        if offset + length > f.stat().st_size:
+            raise ModelLoadError(
+                f"external data file '{loc}' is too short for tensor '{t.name}' (needs {offset + length} bytes, "
+                f"has {f.stat().st_size})", code="QC205", location=source, node=t.name,
+                hint="the .data file is truncated; copy it again")
+        resolved[t.name] = (str(f), offset, length)
+        files.add(str(f))
+    return resolved, files
+
+
+def _itemsize(data_type: int) -> int | None:
+    try:
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(data_type)
+    except Exception:
+        return None
+    if data_type in _INT4_TYPES:
+        return None
+    return np.dtype(np_dtype).itemsize
+
+
+def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
+                 source: str | None = None) -> gs.Graph:
+    """Build a graphsurgeon graph from a ModelProto (external tensors stay lazy)."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    ext, files = _resolve_external(model, base, source or "<model>")
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as exc:  # graphsurgeon raises plain exceptions on malformed graphs
+        raise ModelLoadError(f"cannot import the graph of '{source or '<model>'}': {exc}", location=source,
+                             hint="run `python -c \"import onnx; onnx.checker.check_model('MODEL')\"` for details") from None
+    if ext:
+        _attach_external(graph, ext)
+    meta = ModelMeta(
+        path=str(Path(source).resolve()) if source and Path(source).exists() else None,
+        ir_version=model.ir_version or None,
+        metadata_props={p.key: p.value for p in model.metadata_props},
+        doc_string=model.doc_string,
+        domain=model.domain,
+        model_version=model.model_version,
+        external_files=tuple(sorted(files)),
+        external_location=None,
+    )
+    if files:
+        locs = {os.path.relpath(f, base.resolve()) for f in files}
+        meta.external_location = sorted(locs)[0] if len(locs) == 1 else None
+    graph.qc_meta = meta
+    name_unnamed_nodes(graph)
+    return graph
+
+
+def _attach_external(graph: gs.Graph, by_name: dict[str, tuple[str, int, int]]) -> None:
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant) and t.name in by_name and isinstance(t._values, LazyValues) \
+                    and not isinstance(t._values, ExternalValues):
+                f, off, length = by_name[t.name]
+                t._values = ExternalValues(t._values.tensor, f, off, length)
+
+
+def load_model(path: str | os.PathLike) -> gs.Graph:
+    """Load an ONNX model file into a graph.  External data is read lazily; the file is never modified."""
+    p = Path(path)
+    model = read_model_proto(p)
+    return import_model(model, base_dir=p.parent, source=str(p))
+
+
+def iter_graphs(graph: gs.Graph) -> Iterable[gs.Graph]:
+    """The graph and, recursively, every subgraph held in node attributes (If/Loop/Scan bodies)."""
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from iter_graphs(value)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    if isinstance(v, gs.Graph):
+                        yield from iter_graphs(v)
+
+
+def name_unnamed_nodes(graph: gs.Graph) -> int:
+    """Give every unnamed node a deterministic unique name (``<op>_<k>``) so diagnostics can name it."""
+    count = 0
+    for g in iter_graphs(graph):
+        used = {n.name for n in g.nodes if n.name}
+        counters: dict[str, int] = {}
+        for n in g.nodes:
+            if n.name:
+                continue
+            k = counters.get(n.op, 0)
+            while f"{n.op}_{k}" in used:
+                k += 1
+            n.name = f"{n.op}_{k}"
+            counters[n.op] = k + 1
+            used.add(n.name)
+            count += 1
+    return count
+
+
+def copy_graph(graph: gs.Graph) -> gs.Graph:
+    """A structural copy that shares weight arrays (passes replace arrays, never mutate them)."""
+    new = graph.copy()
+    new.producer_name = graph.producer_name
+    new.producer_version = graph.producer_version
+    meta = getattr(graph, "qc_meta", None)
+    new.qc_meta = meta.copy() if meta is not None else ModelMeta()
+    return new
+
+
+def get_meta(graph: gs.Graph) -> ModelMeta:
+    meta = getattr(graph, "qc_meta", None)
+    if meta is None:
+        meta = ModelMeta(ir_version=graph.ir_version)
+        graph.qc_meta = meta
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
+# exporting
+# --------------------------------------------------------------------------------------------
+
+
+def _opset_ir(opset: int) -> int:
+    best = None
+    for _, ir, op, *_ in onnx.helper.VERSION_TABLE:
+        if op >= opset:
+            best = ir if best is None else min(best, ir)
+    return best if best is not None else MAX_IR_VERSION
+
+
+def required_ir_version(model: onnx.ModelProto) -> int:
+    """Smallest IR version that the model's default-domain opset and element types need."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    ir = _opset_ir(opset)
+    types = {t.data_type for t in _all_tensor_protos(model.graph)}
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if vi.type.HasField("tensor_type"):
+            types.add(vi.type.tensor_type.elem_type)
+    if types & _FP8_TYPES:
+        ir = max(ir, 9)
+    if types & _INT4_TYPES:
+        ir = max(ir, 10)
+    if model.functions:
+        ir = max(ir, 8)
+    return ir
+
+
+def choose_ir_version(model: onnx.ModelProto, previous: int | None) -> int:
+    need = required_ir_version(model)
+    if previous and previous <= MAX_IR_VERSION:
+        return min(max(previous, need), MAX_IR_VERSION)
+    return min(need, MAX_IR_VERSION)
+
+
+def export_model(graph: gs.Graph, *, do_type_check: bool = False) -> onnx.ModelProto:
+    """Turn a graph back into a ModelProto.  Lazily loaded external tensors stay external (no bytes)."""
+    meta = get_meta(graph)
+    try:
+        model = gs.export_onnx(graph, do_type_check=do_type_check)
+    except Exception as exc:
+        raise ModelSaveError(f"cannot export the graph: {exc}", code="QC203") from None
+    model.ir_version = choose_ir_version(model, meta.ir_version)
+    if meta.doc_string:
+        model.doc_string = meta.doc_string
+    if meta.domain:
+        model.domain = meta.domain
+    if meta.model_version:
+        model.model_version = meta.model_version
+    del model.metadata_props[:]
+    for k in sorted(meta.metadata_props):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, meta.metadata_props[k]
+    # graphsurgeon writes an empty "producer" when the graph had none; keep what we loaded
+    if not model.producer_name:
+        model.producer_name = "qcompiler"
+    return model
+
+
+def _lazy_external_by_name(graph: gs.Graph) -> dict[str, ExternalValues]:
+    out = {}
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant) and isinstance(t._values, ExternalValues):
+                out[t.name] = t._values
+    return out
+
+
+def tensor_nbytes(t: onnx.TensorProto) -> int:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        info = _external_info(t)
+        if "length" in info:
+            return int(info["length"])
+    if t.raw_data:
+        return len(t.raw_data)
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    size = _itemsize(t.data_type) or 1
+    return n * size
+
+
+def model_nbytes(model: onnx.ModelProto) -> int:
+    return sum(tensor_nbytes(t) for t in _all_tensor_protos(model.graph))
+
+
+def _tensor_bytes(t: onnx.TensorProto, lazy: dict[str, ExternalValues]) -> bytes:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        src = lazy.get(t.name)
+        if src is None:
+            info = _external_info(t)
+            raise ModelSaveError(f"tensor '{t.name}' points at external data ('{info.get('location')}') that "
+                                 "this graph did not load", node=t.name)
+        return src.read_bytes()
+    if t.raw_data:
+        return t.raw_data
+    return onnx.numpy_helper.to_array(t).tobytes()
+
+
+def _clear_payload(t: onnx.TensorProto) -> None:
+    for fld in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+        t.ClearField(fld)
+    t.ClearField("raw_data")
+
+
+def _write_sparse_aware(f, data: bytes, chunk: int = 1 << 24) -> None:
+    view = memoryview(data)
+    zeros = bytes(min(chunk, len(data)))
+    for start in range(0, len(view), chunk):
+        piece = view[start:start + chunk]
+        if piece == zeros[:len(piece)]:
+            f.seek(len(piece), os.SEEK_CUR)
+        else:
+            f.write(piece)
+
+
+def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: str = "auto", location: str | None = None,
+               size_threshold: int = EXTERNAL_THRESHOLD, source_graph: gs.Graph | None = None) -> Path:
+    """Write a model atomically.
+
+    external_data: ``auto`` (external when the input had external data or the model would not fit
+    in one protobuf), ``always`` or ``never``.  ``location`` names the data file (relative to the model;
+    default ``<model file name>.data``).  Returns the path written.
+    """
+    out = Path(path)
+    graph = graph_or_model if isinstance(graph_or_model, gs.Graph) else source_graph
+    meta = get_meta(graph) if graph is not None else ModelMeta()
+    model = export_model(graph_or_model) if isinstance(graph_or_model, gs.Graph) else graph_or_model
+    lazy = _lazy_external_by_name(graph) if graph is not None else {}
+    if external_data not in ("auto", "always", "never"):
+        raise ModelSaveError(f"external_data must be auto, always or never, not '{external_data}'", code="QC107")
+
+    # never overwrite the model we read, nor the data files it points at
+    protected = set(meta.external_files)
+    if meta.path:
+        protected.add(meta.path)
+    out_resolved = str(out.resolve())
+    if out_resolved in protected:
+        raise ModelSaveError(f"refusing to overwrite the input model '{out}'", location=str(out),
+                             hint="choose a different output path (-o)")
+
+    total = model_nbytes(model)
+    use_external = (external_data == "always" or
+                    (external_data == "auto" and (bool(meta.external_files) or total > PROTO_LIMIT)))
+    if external_data == "never" and total > PROTO_LIMIT:
+        raise ModelSaveError(f"the model holds {total / 2**30:.2f} GiB of weights, over protobuf's 2 GiB limit",
+                             location=str(out), hint="save with external data (--external-data always)")
+
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise ModelSaveError(f"output folder '{parent}' does not exist", location=str(out),
+                             hint="create it first or choose another -o path")
+    if not os.access(parent, os.W_OK):
+        raise ModelSaveError(f"output folder '{parent}' is not writable", location=str(out),
+                             hint="choose a writable -o path")
+
+    tmp_files: list[str] = []
+    try:
+        data_tmp = None
+        data_final = None
+        if use_external:
+            loc = location or (out.name + ".data")
+            data_final = parent / loc
+            if str(data_final.resolve()) in protected:
+                raise ModelSaveError(f"the external data file '{data_final}' belongs to the input model",
+                                     location=str(out), hint="choose a different output name or --external-location")
+            fd, data_tmp = tempfile.mkstemp(prefix=".qc-", suffix=".data.tmp", dir=parent)
+            tmp_files.append(data_tmp)
+            with os.fdopen(fd, "wb") as f:
+                offset = 0
+                for t in _all_tensor_protos(model.graph):
+                    if tensor_nbytes(t) < size_threshold and t.data_location != onnx.TensorProto.EXTERNAL:
+                        continue
+                    payload = _tensor_bytes(t, lazy)
+                    pad = (-offset) % 64
+                    if pad:
+                        f.write(bytes(pad))
+                        offset += pad
+                    _write_sparse_aware(f, payload)
+                    _clear_payload(t)
+                    del t.external_data[:]
+                    t.data_location = onnx.TensorProto.EXTERNAL
+                    for k, v in (("location", loc), ("offset", str(offset)), ("length", str(len(payload)))):
+                        e = t.external_data.add()
+                        e.key, e.value = k, v
+                    offset += len(payload)
+                f.truncate(offset)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            for t in _all_tensor_protos(model.graph):
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    payload = _tensor_bytes(t, lazy)
+                    del t.external_data[:]
+                    t.data_location = onnx.TensorProto.DEFAULT
+                    t.raw_data = payload
+        if model.ByteSize() > PROTO_LIMIT:
+            raise ModelSaveError("the model proto is over 2 GiB even without weights", location=str(out))
+        blob = model.SerializeToString(deterministic=True)
+        fd, model_tmp = tempfile.mkstemp(prefix=".qc-", suffix=".onnx.tmp", dir=parent)
+        tmp_files.append(model_tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        if data_tmp is not None:
+            os.chmod(data_tmp, 0o644)
+            os.replace(data_tmp, data_final)
+            tmp_files.remove(data_tmp)
+        os.chmod(model_tmp, 0o644)
+        os.replace(model_tmp, out)
+        tmp_files.remove(model_tmp)
+    except ModelSaveError:
+        raise
+    except OSError as exc:
+        raise ModelSaveError(f"cannot write '{out}': {exc.strerror or exc}", location=str(out),
+                             hint="check the output folder and free disk space") from None
+    finally:
+        for t in tmp_files:
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+    return out
+
+
+def serialize_for_runtime(graph: gs.Graph) -> bytes | None:
+    """Serialized model with all weights inline, or None when it would exceed the protobuf limit."""
+    model = export_model(graph)
+    if model_nbytes(model) > PROTO_LIMIT:
+        return None
+    lazy = _lazy_external_by_name(graph)
+    for t in _all_tensor_protos(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            payload = _tensor_bytes(t, lazy)
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = payload
+    return model.SerializeToString(deterministic=True)

@@ -1,0 +1,171 @@
+"""Read-only questions about a graph: constants, producers, consumers, attributes, shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def producer(t: gs.Tensor) -> gs.Node | None:
+    """The node that produces ``t`` (None for graph inputs and initializers)."""
+    return t.inputs[0] if t.inputs else None
+
+
+def consumers(t: gs.Tensor) -> list[gs.Node]:
+    return list(t.outputs)
+
+
+def attr(node: gs.Node, name: str, default: Any = None) -> Any:
+    return node.attrs.get(name, default)
+
+
+def is_graph_output(graph: gs.Graph, t: gs.Tensor) -> bool:
+    return any(o is t for o in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, t: gs.Tensor) -> bool:
+    return any(i is t for i in graph.inputs)
+
+
+def const_value(t: gs.Tensor | None, *, through_identity: bool = True) -> np.ndarray | None:
+    """The value of ``t`` if it is constant: an initializer, a Constant node's output, or either routed
+    through Identity nodes.  Returns None for anything computed at run time."""
+    seen = 0
+    while t is not None and seen < 64:
+        if isinstance(t, gs.Constant):
+            return t.values
+        node = producer(t)
+        if node is None:
+            return None
+        if node.op == "Constant":
+            for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+                if key in node.attrs:
+                    v = node.attrs[key]
+                    if isinstance(v, gs.Constant):
+                        return v.values
+                    if key == "value_float":
+                        return np.array(v, dtype=np.float32)
+                    if key == "value_floats":
+                        return np.array(v, dtype=np.float32)
+                    if key == "value_int":
+                        return np.array(v, dtype=np.int64)
+                    if key == "value_ints":
+                        return np.array(v, dtype=np.int64)
+            return None
+        if through_identity and node.op == "Identity":
+            t = node.inputs[0]
+            seen += 1
+            continue
+        return None
+    return None
+
+
+def const_source(t: gs.Tensor | None) -> gs.Constant | None:
+    """The gs.Constant initializer behind ``t`` (through Identity), or None."""
+    seen = 0
+    while t is not None and seen < 64:
+        if isinstance(t, gs.Constant):
+            return t
+        node = producer(t)
+        if node is None or node.op != "Identity":
+            return None
+        t = node.inputs[0]
+        seen += 1
+    return None
+
+
+def is_const(t: gs.Tensor | None) -> bool:
+    return const_value(t) is not None
+
+
+def is_initializer_exclusive(graph: gs.Graph, t: gs.Tensor, node: gs.Node) -> bool:
+    """True when ``t`` is an initializer read only by ``node`` (once), not a graph output, and not
+    referenced from a subgraph.  A rewrite may then replace its value in place."""
+    if not isinstance(t, gs.Constant):
+        return False
+    uses = [c for c in t.outputs]
+    if len(uses) != 1 or uses[0] is not node:
+        return False
+    if sum(1 for i in node.inputs if i is t) != 1:
+        return False
+    if is_graph_output(graph, t):
+        return False
+    return t.name not in subgraph_referenced_names(graph)
+
+
+def subgraph_referenced_names(graph: gs.Graph) -> set[str]:
+    """Names of outer tensors used inside If/Loop/Scan bodies (cached per call, cheap if none)."""
+    names: set[str] = set()
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            subs = [value] if isinstance(value, gs.Graph) else [v for v in value if isinstance(v, gs.Graph)] \
+                if isinstance(value, (list, tuple)) else []
+            for sg in subs:
+                local = {t.name for n in sg.nodes for t in n.outputs} | {t.name for t in sg.inputs}
+                for n in sg.nodes:
+                    for i in n.inputs:
+                        if i.name and i.name not in local:
+                            names.add(i.name)
+                names |= subgraph_referenced_names(sg)
+    return names
+
+
+def has_subgraphs(graph: gs.Graph) -> bool:
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                return True
+            if isinstance(value, (list, tuple)) and any(isinstance(v, gs.Graph) for v in value):
+                return True
+    return False
+
+
+def single_consumer(graph: gs.Graph, t: gs.Tensor) -> gs.Node | None:
+    """The only consumer of ``t``, if ``t`` has exactly one use and is not a graph output."""
+    if len(t.outputs) != 1 or is_graph_output(graph, t):
+        return None
+    node = t.outputs[0]
+    if sum(1 for i in node.inputs if i is t) != 1:
+        return None
+    return node
+
+
+def static_shape(t: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of ``t`` if fully known (all dims ints), else None."""
+    if isinstance(t, gs.Constant):
+        return tuple(int(d) for d in t.shape)
+    shape = t.shape
+    if shape is None:
+        return None
+    if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def rank(t: gs.Tensor) -> int | None:
+    if isinstance(t, gs.Constant):
+        return len(t.shape)
+    return None if t.shape is None else len(t.shape)
+
+
+def op_histogram(graph: gs.Graph) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for n in graph.nodes:
+        key = n.op if not n.domain or n.domain == "ai.onnx" else f"{n.domain}::{n.op}"
+        hist[key] = hist.get(key, 0) + 1
+    return dict(sorted(hist.items()))
+
+
+def nodes_by_op(graph: gs.Graph, ops: Iterable[str]) -> list[gs.Node]:
+    wanted = set(ops)
+    return [n for n in graph.nodes if n.op in wanted]
+
+
+def default_opset(graph: gs.Graph) -> int:
+    return int(graph.opset) if graph.opset is not None else 13
+
+
+def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    return graph.tensors()

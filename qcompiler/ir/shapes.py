@@ -1,0 +1,108 @@
+"""Shape inference on graphs, and fixing symbolic input dims (``--input-shape name:1x3x224x224``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..diagnostics import QCompilerError, UsageError
+from .io import export_model
+from .verify import strip_weights
+
+
+def _dims(vi: onnx.ValueInfoProto):
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return tt.elem_type, None
+    dims = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tt.elem_type, dims
+
+
+def infer_shapes(graph: gs.Graph, *, strict: bool = False) -> int:
+    """Run onnx shape inference (with data propagation) and record dtypes/shapes on the graph's tensors.
+
+    Weights are stripped before inference so it also works for models over 2 GB.  Returns the number
+    of tensors whose shape became known.  With ``strict``, an inference error is raised as QC208.
+    """
+    model = strip_weights(export_model(graph))
+    # drop stale value_info so inference starts from the graph as it is now
+    del model.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=strict, data_prop=True)
+    except Exception as exc:
+        if strict:
+            raise QCompilerError(f"shape inference failed: {str(exc).strip().splitlines()[0]}", code="QC208",
+                                 hint="fix symbolic dims with --input-shape NAME:DIMS") from None
+        return 0
+    info = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type"):
+            info[vi.name] = _dims(vi)
+    changed = 0
+    tensors = graph.tensors()
+    for name, (elem, dims) in info.items():
+        t = tensors.get(name)
+        if t is None or isinstance(t, gs.Constant):
+            continue
+        if elem and t.dtype is None:
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        if dims is not None and (t.shape is None or _less_known(t.shape, dims)):
+            t.shape = dims
+            changed += 1
+    return changed
+
+
+def _less_known(old, new) -> bool:
+    if len(old) != len(new):
+        return True
+    known_old = sum(isinstance(d, (int, np.integer)) and d >= 0 for d in old)
+    known_new = sum(isinstance(d, (int, np.integer)) and d >= 0 for d in new)
+    return known_new > known_old
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    """Parse ``name:1x3x224x224`` strings (several may be given)."""
+    out: dict[str, list[int]] = {}
+    for spec in specs or []:
+        if ":" not in spec:
+            raise UsageError(f"--input-shape '{spec}' must look like NAME:1x3x224x224", code="QC209")
+        name, dims = spec.rsplit(":", 1)
+        try:
+            shape = [int(d) for d in dims.lower().replace(",", "x").split("x") if d]
+        except ValueError:
+            raise UsageError(f"--input-shape '{spec}': dims must be integers separated by 'x'", code="QC209") from None
+        if not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"--input-shape '{spec}': dims must be positive integers", code="QC209")
+        out[name] = shape
+    return out
+
+
+def fix_input_shapes(graph: gs.Graph, shapes: dict[str, list[int]]) -> None:
+    """Replace input dims by concrete values; each given dim must agree with a static dim in the model."""
+    by_name = {t.name: t for t in graph.inputs}
+    for name, shape in shapes.items():
+        t = by_name.get(name)
+        if t is None:
+            raise UsageError(f"--input-shape names '{name}', which is not a model input "
+                             f"(inputs: {', '.join(by_name) or 'none'})", code="QC209")
+        if t.shape is not None:
+            if len(t.shape) != len(shape):
+                raise UsageError(f"--input-shape {name}: rank {len(shape)} given, the model input has rank "
+                                 f"{len(t.shape)} ({_fmt(t.shape)})", code="QC209")
+            for i, (old, new) in enumerate(zip(t.shape, shape)):
+                if isinstance(old, (int, np.integer)) and old > 0 and old != new:
+                    raise UsageError(f"--input-shape {name}: dim {i} is fixed to {old} in the model, {new} given",
+                                     code="QC209")
+        t.shape = list(shape)
+
+
+def _fmt(shape) -> str:
+    return "x".join(str(d) if d is not None else "?" for d in shape)

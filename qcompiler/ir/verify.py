@@ -1,0 +1,140 @@
+"""Graph verification: structural invariants that every pass must keep, plus onnx.checker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..diagnostics import VerificationError
+from .io import export_model, model_nbytes, PROTO_LIMIT
+
+#: Operator domains that onnxruntime and TensorRT know (others need a custom-op library).
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "trt", "ai.onnx.preview.training"}
+
+
+@dataclass
+class Problem:
+    message: str
+    node: str | None = None
+
+
+def _check_graph(g: gs.Graph, outer: set[str], problems: list[Problem], where: str) -> None:
+    available = set(outer)
+    available.update(t.name for t in g.inputs)
+    for t in g.tensors().values():
+        if isinstance(t, gs.Constant):
+            available.add(t.name)
+    produced: dict[str, str] = {}
+    for inp in g.inputs:
+        if inp.inputs:
+            problems.append(Problem(f"{where}graph input '{inp.name}' is also produced by a node",
+                                    inp.inputs[0].name))
+    for node in g.nodes:
+        for i in node.inputs:
+            if not i.name:
+                continue  # optional input left out
+            if isinstance(i, gs.Constant):
+                continue
+            if i.name not in available:
+                if any(p is not None for p in i.inputs) and i.name not in produced:
+                    problems.append(Problem(f"{where}node '{node.name}' ({node.op}) reads '{i.name}' before it is "
+                                            "produced: the graph is not topologically sorted", node.name))
+                else:
+                    problems.append(Problem(f"{where}node '{node.name}' ({node.op}) reads '{i.name}', which no node "
+                                            "produces and which is neither a graph input nor an initializer",
+                                            node.name))
+        for o in node.outputs:
+            if not o.name:
+                continue
+            if o.name in produced:
+                problems.append(Problem(f"{where}tensor '{o.name}' is produced twice (by '{produced[o.name]}' and "
+                                        f"'{node.name}')", node.name))
+            elif o.name in available and o.name not in outer:
+                problems.append(Problem(f"{where}tensor '{o.name}' produced by '{node.name}' clashes with a graph "
+                                        "input or initializer of the same name", node.name))
+            produced[o.name] = node.name
+            available.add(o.name)
+        for value in node.attrs.values():
+            subs = [value] if isinstance(value, gs.Graph) else (
+                [v for v in value if isinstance(v, gs.Graph)] if isinstance(value, (list, tuple)) else [])
+            for sg in subs:
+                _check_graph(sg, available, problems, f"{where}subgraph '{sg.name}' of '{node.name}': ")
+    for out in g.outputs:
+        if out.name not in available:
+            problems.append(Problem(f"{where}graph output '{out.name}' is never produced"))
+    names = [n.name for n in g.nodes if n.name]
+    if len(names) != len(set(names)):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        problems.append(Problem(f"{where}node name '{dup}' is used more than once", dup))
+
+
+def structural_problems(graph: gs.Graph) -> list[Problem]:
+    problems: list[Problem] = []
+    _check_graph(graph, set(), problems, "")
+    for n in graph.nodes:
+        if n.domain and n.domain not in KNOWN_DOMAINS and not any(f.domain == n.domain for f in graph.functions):
+            problems.append(Problem(f"node '{n.name}' uses op '{n.op}' from unknown domain '{n.domain}'", n.name))
+    return problems
+
+
+def checker_problems(graph: gs.Graph, *, full_check: bool = False) -> list[Problem]:
+    model = export_model(graph)
+    if model_nbytes(model) > PROTO_LIMIT // 2:
+        # Large models: check the structure only, with weights stripped (the checker never needs values).
+        model = strip_weights(model)
+    try:
+        onnx.checker.check_model(model, full_check=full_check)
+    except onnx.checker.ValidationError as exc:
+        text = str(exc).strip().splitlines()
+        msg = text[0] if text else "onnx.checker failed"
+        node = None
+        for line in text:
+            if "==> Context: Bad node spec for node. Name:" in line:
+                node = line.split("Name:")[1].split("OpType")[0].strip()
+        return [Problem(f"onnx.checker: {msg}", node)]
+    except Exception as exc:  # shape inference errors from full_check
+        return [Problem(f"onnx.checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")]
+    return []
+
+
+def strip_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelProto:
+    """A copy of ``model`` in which large initializers are declared as graph inputs without values."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    keep = []
+    existing_inputs = {i.name for i in g.input}
+    for t in g.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n * 4 < keep_below and t.data_location != onnx.TensorProto.EXTERNAL:
+            keep.append(t)
+            continue
+        if t.name not in existing_inputs:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return out
+
+
+def verify_graph(graph: gs.Graph, *, check: bool = True, full_check: bool = False,
+                 pass_name: str | None = None, code: str = "QC203") -> None:
+    """Raise VerificationError naming the first problem found (structure first, then onnx.checker)."""
+    problems = structural_problems(graph)
+    if not problems and check:
+        problems = checker_problems(graph, full_check=full_check)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise VerificationError(first.message + more, node=first.node, pass_name=pass_name, code=code,
+                                hint=("a pass left the graph invalid; rerun with --reproducer DIR and report it"
+                                      if pass_name else "fix or re-export the model"),
+                                extra={"problems": [p.message for p in problems[:20]]})
+
+
+def is_toposorted(graph: gs.Graph) -> bool:
+    return not any("topologically" in p.message for p in structural_problems(graph))

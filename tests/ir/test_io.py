@@ -1,0 +1,178 @@
+"""Loading and saving: bad files, atomic writes, external data, ir_version, determinism."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+from qcompiler.diagnostics import ModelLoadError, ModelSaveError
+from qcompiler.ir import copy_graph, load_model, save_model, verify_graph
+from qcompiler.ir.io import MAX_IR_VERSION, ExternalValues
+from qcompiler.testing import assert_outputs_close, random_feeds, run
+
+from ..conftest import graph_from_text
+
+
+@pytest.mark.parametrize("content,code,fragment", [
+    (None, "QC201", "does not exist"),
+    (b"", "QC202", "is empty"),
+    (b"\x08\x07\x12\x0bhello", "QC202", "not a valid ONNX model"),
+    (bytes(range(256)) * 8, "QC202", "not a valid ONNX model"),
+])
+def test_bad_model_files(tmp_path, content, code, fragment):
+    p = tmp_path / "m.onnx"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(p)
+    assert info.value.code == code
+    assert fragment in str(info.value)
+    assert str(p) in str(info.value)
+
+
+def test_truncated_model(tiny_model_path, tmp_path):
+    data = tiny_model_path.read_bytes()
+    p = tmp_path / "trunc.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError) as info:
+        load_model(p)
+    assert "truncated" in str(info.value) or "not a valid ONNX model" in str(info.value)
+
+
+def test_protobuf_that_is_not_a_model(tmp_path):
+    t = onnx.numpy_helper.from_array(np.arange(4, dtype=np.float32), "t")
+    p = tmp_path / "tensor.pb"
+    p.write_bytes(t.SerializeToString())
+    with pytest.raises(ModelLoadError) as info:
+        load_model(p)
+    assert "not" in str(info.value)
+
+
+def test_roundtrip_is_exact_and_deterministic(tiny_model_path, tmp_path):
+    g = load_model(tiny_model_path)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    save_model(g, a)
+    save_model(load_model(tiny_model_path), b)
+    assert a.read_bytes() == b.read_bytes()
+    assert_outputs_close(tiny_model_path, a, rtol=0, atol=0)
+
+
+def test_ir_version_is_pinned(tmp_path):
+    g = graph_from_text("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { y = Relu(x) }""")
+    g.qc_meta.ir_version = 14  # what onnx >= 1.23 stamps by default
+    p = tmp_path / "m.onnx"
+    save_model(g, p)
+    m = onnx.load(p)
+    assert m.ir_version <= MAX_IR_VERSION
+    assert m.ir_version == 8  # the smallest IR for opset 17
+    run(load_model(p), {"x": np.ones(2, np.float32)})
+
+
+def test_refuses_to_overwrite_input(tiny_model_path):
+    before = tiny_model_path.read_bytes()
+    g = load_model(tiny_model_path)
+    with pytest.raises(ModelSaveError):
+        save_model(g, tiny_model_path)
+    assert tiny_model_path.read_bytes() == before
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    g = load_model_from_text()
+    out = tmp_path / "out.onnx"
+    import qcompiler.ir.io as io
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io.os, "replace", boom)
+    with pytest.raises(ModelSaveError) as info:
+        save_model(g, out)
+    assert "No space left" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_or_missing_folder(tmp_path):
+    g = load_model_from_text()
+    with pytest.raises(ModelSaveError):
+        save_model(g, tmp_path / "nope" / "out.onnx")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # running as root: permissions do not apply
+            pytest.skip("root can write anywhere")
+        with pytest.raises(ModelSaveError):
+            save_model(g, ro / "out.onnx")
+    finally:
+        os.chmod(ro, 0o700)
+
+
+def load_model_from_text():
+    rng = np.random.default_rng(1)
+    return graph_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,16] x) => (float[N,8] y) { y = Gemm <transB = 1> (x, w, b) }""",
+        {"w": rng.standard_normal((8, 16)).astype(np.float32), "b": np.zeros(8, np.float32)})
+
+
+def test_external_data_roundtrip_lazy_and_atomic(tmp_path):
+    g = load_model_from_text()
+    src = tmp_path / "src.onnx"
+    save_model(g, src, external_data="always", size_threshold=16)
+    assert (tmp_path / "src.onnx.data").exists()
+    g2 = load_model(src)
+    w = next(t for t in g2.tensors().values() if isinstance(t, gs.Constant) and t.name == "w")
+    assert isinstance(w._values, ExternalValues)  # not read yet
+    # default: external stays external, with a new data file next to the output
+    out = tmp_path / "out.onnx"
+    save_model(g2, out)
+    assert (tmp_path / "out.onnx.data").exists()
+    feeds = random_feeds(g, batch=3)
+    assert_outputs_close(g, load_model(out), feeds, rtol=0, atol=0)
+    # never: weights inline
+    inline = tmp_path / "inline.onnx"
+    save_model(load_model(src), inline, external_data="never")
+    assert not (tmp_path / "inline.onnx.data").exists()
+    assert_outputs_close(g, load_model(inline), feeds, rtol=0, atol=0)
+    # the input's data file may not be reused as output
+    with pytest.raises(ModelSaveError):
+        save_model(load_model(src), tmp_path / "other.onnx", location="src.onnx.data")
+
+
+def test_missing_or_truncated_external_data(tmp_path):
+    g = load_model_from_text()
+    src = tmp_path / "src.onnx"
+    save_model(g, src, external_data="always", size_threshold=16)
+    data = (tmp_path / "src.onnx.data").read_bytes()
+    (tmp_path / "src.onnx.data").write_bytes(data[:10])
+    with pytest.raises(ModelLoadError) as info:
+        load_model(src)
+    assert info.value.code == "QC205" and "too short" in str(info.value)
+    (tmp_path / "src.onnx.data").unlink()
+    with pytest.raises(ModelLoadError) as info:
+        load_model(src)
+    assert info.value.code == "QC205" and "not found" in str(info.value)
+
+
+def test_copy_graph_is_independent():
+    g = load_model_from_text()
+    c = copy_graph(g)
+    c.nodes[0].name = "changed"
+    assert g.nodes[0].name != "changed"
+
+
+def test_verify_reports_dangling_and_unsorted():
+    g = graph_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { a = Relu(x)
+                                         y = Neg(a) }""")
+    g.nodes.reverse()
+    with pytest.raises(Exception) as info:
+        verify_graph(g)
+    assert "topologically" in str(info.value)
