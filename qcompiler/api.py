@@ -59,7 +59,7 @@ def make_context(*, config: Any = None, calib_data: Any = None, calib_cache: str
                  diagnostics: DiagnosticEngine | None = None, seed: int = 0, progress: bool | None = None,
                  threads: int | None = None, allow_random_calibration: bool = False,
                  calib_options: dict[str, Any] | None = None) -> PassContext:
-    ctx = PassContext(diagnostics=diagnostics or DiagnosticEngine(), seed=seed, progress=progress, threads=threads,
+    ctx = PassContext(diagnostics=diagnostics if diagnostics is not None else DiagnosticEngine(), seed=seed, progress=progress, threads=threads,
                       allow_random_calibration=allow_random_calibration, calib_cache=calib_cache)
     if config is not None:
         from .quant.recipe import load_recipe
@@ -94,7 +94,7 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically."""
     out = check_output_path(input_path, output_path)
     spec = load_pipeline(pipeline)  # syntax, names and options: fail before loading anything
-    diags = diagnostics or DiagnosticEngine()
+    diags = diagnostics if diagnostics is not None else DiagnosticEngine()
     ctx = make_context(config=config, calib_data=calib_data, calib_cache=calib_cache, diagnostics=diags, seed=seed,
                        progress=progress, threads=threads, allow_random_calibration=allow_random_calibration,
                        calib_options=calib_options)

@@ -1,14 +1,16 @@
 """Named pipelines: ``tidy``, ``fp32-prep``, ``trt-int8``, ``trt-fp8``, ``ort-int8``.
 
 Each is a function of its options returning pipeline text; they are elements of the pipeline
-grammar like passes (``trt-int8{calib=entropy}``), expanded when run.
+grammar like passes (``trt-int8{calib=entropy}``) and expand when run
+(``qcompiler pipeline --print trt-int8 --expand``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .pm.options import option
+from .calib.observers import METHODS
+from .pm.options import format_value, option
 from .pm.registry import NamedPipeline, register_pipeline
 
 
@@ -17,6 +19,55 @@ class _NoOpts:
     pass
 
 
+@dataclass(frozen=True)
+class QuantOptions:
+    calib: str = option("auto", "activation observer (auto: the recipe's, else the target default)",
+                        choices=("auto",) + METHODS)
+    cle: bool = option(False, "run cross-layer equalization before calibration")
+    merge: bool = option(True, "merge conv -> 1x1 conv pairs (one quantization point fewer per pair)")
+    fold_residual: bool = option(False, "fold y = Conv(x) + x into the conv kernel")
+    weights: str = option("dq", "weight storage: dq (int8 initializer + DQ) or qdq (float + Q + DQ)", choices=("dq", "qdq"))
+    bias_correct: bool = option(False, "empirical bias correction after insert-qdq (needs calibration data)")
+
+
+def _quant(target: str, precision: str):
+    def build(o: QuantOptions) -> str:
+        prep = ["cleanup", "fold-constants", "fold-bn"]
+        if o.merge:
+            prep.append("merge-conv1x1")
+        if o.fold_residual:
+            prep.append("fold-residual")
+        if o.cle:
+            prep.append("cle")
+        prep.append("cleanup")
+        cal = f"calibrate{{target={target} precision={precision}" + (f" method={o.calib}" if o.calib != "auto" else "") + "}"
+        ins = f"insert-qdq{{target={target} precision={precision}" + (f" weights={o.weights}" if o.weights != "dq" else "") + "}"
+        tail = ["bias-correct"] if o.bias_correct else []
+        return ",".join(prep + [cal, ins] + tail + ["cleanup"])
+    return build
+
+
 register_pipeline(NamedPipeline(
     "tidy", "dead code, Identity, constant folding until nothing changes",
     lambda o: "cleanup,repeat{max-steps=4}(fold-constants,cleanup)", _NoOpts))
+
+register_pipeline(NamedPipeline(
+    "fp32-prep", "all FP32-preserving rewrites: fold-bn, merge-conv1x1, fold-residual, cle, cleanup",
+    lambda o: "fold-bn,merge-conv1x1,fold-residual,cle,cleanup", _NoOpts))
+
+register_pipeline(NamedPipeline(
+    "trt-int8", "TensorRT int8: fold-bn, merge-conv1x1, calibrate, insert-qdq (symmetric, per-channel weights)",
+    _quant("tensorrt", "int8"), QuantOptions,
+    doc="Q/DQ placed for TensorRT's int8 fusions (docs/tensorrt.md); opset >= 13; output passes lint-trt."))
+
+register_pipeline(NamedPipeline(
+    "trt-fp8", "TensorRT fp8 (E4M3): fold-bn, merge-conv1x1, calibrate, insert-qdq at opset 19",
+    _quant("tensorrt", "fp8"), QuantOptions,
+    doc="FP8 Q/DQ (opset 19, float8e4m3fn zero points, saturate=1); needs an Ada/Hopper GPU to build."))
+
+register_pipeline(NamedPipeline(
+    "ort-int8", "onnxruntime CPU int8: Q/DQ on op inputs and outputs so onnxruntime picks integer kernels",
+    _quant("onnxruntime", "int8"), QuantOptions,
+    doc="u8 affine activations, s8 per-channel weights, int32 biases (onnxruntime's QLinearConv/QGemm path)."))
+
+del format_value

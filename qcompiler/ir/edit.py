@@ -109,3 +109,15 @@ def ensure_sorted(graph: gs.Graph) -> bool:
         return False
     graph.toposort()
     return True
+
+
+def constant(name: str, values: np.ndarray) -> gs.Constant:
+    """A gs.Constant; fp8/int4 arrays (ml_dtypes) are wrapped as ONNX protos so every exporter version
+    writes them with their true element type."""
+    arr = np.ascontiguousarray(values)
+    if arr.dtype.kind == "V" or arr.dtype.name.startswith(("float8", "int4", "uint4", "float4")):
+        import onnx
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+
+        return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(arr, name)))
+    return gs.Constant(name, arr)

@@ -169,3 +169,39 @@ def default_opset(graph: gs.Graph) -> int:
 
 def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
     return graph.tensors()
+
+
+_NONNEG_OPS = {"Relu", "Sigmoid", "Softmax", "Abs", "Exp", "Sqrt", "Softplus", "HardSigmoid", "ReduceL1",
+               "ReduceL2", "ReduceSumSquare"}
+_NONNEG_PASSTHROUGH = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Reshape",
+                       "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Upsample", "DepthToSpace",
+                       "SpaceToDepth", "ReduceMax", "ReduceMean", "Slice", "Split", "Gather", "Tile", "Expand"}
+
+
+def known_nonnegative(t: gs.Tensor, depth: int = 0) -> bool:
+    """True when every value of ``t`` is >= 0 by construction (Relu, Sigmoid, Clip(min>=0), ... and ops
+    that only move or pool such values)."""
+    if depth > 32:
+        return False
+    v = const_value(t)
+    if v is not None:
+        return bool(np.all(np.asarray(v) >= 0))
+    node = producer(t)
+    if node is None:
+        return False
+    if node.op in _NONNEG_OPS:
+        return True
+    if node.op == "Clip":
+        lo = node.attrs.get("min")
+        if lo is None and len(node.inputs) > 1 and node.inputs[1].name:
+            c = const_value(node.inputs[1])
+            lo = None if c is None else float(np.asarray(c).reshape(-1)[0])
+        return lo is not None and lo >= 0 or known_nonnegative(node.inputs[0], depth + 1)
+    if node.op in _NONNEG_PASSTHROUGH:
+        return known_nonnegative(node.inputs[0], depth + 1)
+    if node.op in ("Concat", "Max", "Add", "Mul", "Min"):
+        ins = [i for i in node.inputs if i.name]
+        if node.op == "Max":
+            return any(known_nonnegative(i, depth + 1) for i in ins)
+        return all(known_nonnegative(i, depth + 1) for i in ins)
+    return False

@@ -1,0 +1,379 @@
+"""Weighted layers seen per channel: the shared math of fold-bn, cle, absorb-bias and bias-correct.
+
+Which weight entries belong to an output channel ``o`` or an input channel ``i``:
+
+====================  =====================  ===========================================  ==========================
+op                    weight layout          output channel o                             input channel i
+====================  =====================  ===========================================  ==========================
+Conv (group g)        [Cout, Cin/g, k...]    W[o]                                         W[rows of group(i), i % (Cin/g)]
+ConvTranspose (g)     [Cin, Cout/g, k...]    W[rows of group(o), o % (Cout/g)]            W[i]
+Gemm transB=0         B [K, N]               B[:, o]                                      B[i, :]
+Gemm transB=1         B [N, K]               B[o, :]                                      B[:, i]
+MatMul (2-D B)        B [K, N]               B[:, o]                                      B[i, :]
+====================  =====================  ===========================================  ==========================
+
+A layer never mutates arrays in place: it builds new ones and ``commit`` swaps fresh initializers
+into the node, so a weight shared with another node is never changed behind its back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler.ir.edit import Namer
+from qcompiler.ir.query import attr, const_source, const_value, is_graph_output, subgraph_referenced_names
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def weight_exclusive(graph: gs.Graph, node: gs.Node, index: int, protected: set[str] | None = None) -> bool:
+    """The weight input is a constant initializer (possibly behind Identity nodes) read only by ``node``."""
+    t = node.inputs[index]
+    chain = []
+    while True:
+        chain.append(t)
+        if isinstance(t, gs.Constant):
+            break
+        prod = t.inputs[0] if t.inputs else None
+        if prod is None or prod.op != "Identity":
+            return False
+        t = prod.inputs[0]
+    protected = protected if protected is not None else subgraph_referenced_names(graph)
+    for k, c in enumerate(chain):
+        users = c.outputs
+        if len(users) != 1 or is_graph_output(graph, c) or c.name in protected:
+            return False
+        if k == 0 and users[0] is not node:
+            return False
+    return True
+
+
+def _absmax_last(a: np.ndarray) -> np.ndarray:
+    """max |a| over the (short) last axis, as float64; a loop over taps beats numpy's small-axis reduce."""
+    m = np.abs(a[..., 0])
+    for k in range(1, a.shape[-1]):
+        np.maximum(m, np.abs(a[..., k]), out=m)
+    return m.astype(np.float64)
+
+
+@dataclass
+class Layer:
+    node: gs.Node
+    kind: str  # conv | convtranspose | gemm | matmul
+    W: np.ndarray
+    b: np.ndarray | None  # always shaped [Cout] when present (Gemm C normalised)
+    group: int = 1
+    trans_b: bool = False
+    gemm_beta: float = 1.0
+    bias_node: gs.Node | None = None  # MatMul followed by Add(const): the Add carries the bias
+    bias_index: int = -1  # input index of the bias constant in bias_node
+
+    # -- construction ----------------------------------------------------------------------
+    @staticmethod
+    def of(node: gs.Node, *, with_matmul_bias: bool = False, graph: gs.Graph | None = None) -> "Layer | str":
+        """A Layer view of ``node``, or the reason why it cannot be seen as one."""
+        if node.op not in WEIGHTED_OPS:
+            return f"{node.op} is not a weighted op"
+        if len(node.inputs) < 2:
+            return "no weight input"
+        W = const_value(node.inputs[1])
+        if W is None:
+            return f"weight '{node.inputs[1].name}' is not a constant"
+        if W.dtype != np.float32 and W.dtype != np.float64 and W.dtype != np.float16:
+            return f"weight '{node.inputs[1].name}' has dtype {W.dtype}, not float"
+        b = None
+        if node.op in ("Conv", "ConvTranspose"):
+            if W.ndim < 3:
+                return "weight rank < 3"
+            if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+                pass  # channel math does not depend on padding
+            g = int(attr(node, "group", 1))
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                b = const_value(node.inputs[2])
+                if b is None:
+                    return f"bias '{node.inputs[2].name}' is not a constant"
+            kind = "conv" if node.op == "Conv" else "convtranspose"
+            layer = Layer(node, kind, W, None if b is None else b.astype(W.dtype).reshape(-1), group=g)
+            if kind == "conv" and W.shape[0] % g:
+                return "output channels not divisible by group"
+            return layer
+        if node.op == "Gemm":
+            if W.ndim != 2:
+                return "Gemm weight is not 2-D"
+            if int(attr(node, "transA", 0)):
+                return "Gemm with transA=1 (channels are not on the last axis)"
+            tb = bool(int(attr(node, "transB", 0)))
+            n = W.shape[0] if tb else W.shape[1]
+            beta = float(attr(node, "beta", 1.0))
+            if len(node.inputs) > 2 and node.inputs[2].name:
+                c = const_value(node.inputs[2])
+                if c is None:
+                    return f"Gemm C '{node.inputs[2].name}' is not a constant"
+                if c.size == 1:
+                    b = np.full(n, float(c.reshape(-1)[0]) * beta, dtype=W.dtype)
+                elif c.shape[-1] == n and c.size == n:
+                    b = (c.reshape(-1) * beta).astype(W.dtype)
+                else:
+                    return f"Gemm C of shape {list(c.shape)} is not per-output-channel"
+            return Layer(node, "gemm", W, b, trans_b=tb, gemm_beta=beta)
+        # MatMul: constant 2-D right operand
+        if W.ndim != 2:
+            return "MatMul weight is not a constant 2-D matrix"
+        layer = Layer(node, "matmul", W, None)
+        if with_matmul_bias and graph is not None:
+            out = node.outputs[0]
+            if len(out.outputs) == 1 and not is_graph_output(graph, out) and out.outputs[0].op == "Add":
+                add = out.outputs[0]
+                other = 1 if add.inputs[0] is out else 0
+                c = const_value(add.inputs[other])
+                if c is not None and c.size == W.shape[1] and c.shape[-1] == W.shape[1]:
+                    layer.b = c.reshape(-1).astype(W.dtype)
+                    layer.bias_node, layer.bias_index = add, other
+        return layer
+
+    # -- channel geometry ------------------------------------------------------------------
+    @property
+    def out_channels(self) -> int:
+        if self.kind == "conv":
+            return self.W.shape[0]
+        if self.kind == "convtranspose":
+            return self.W.shape[1] * self.group
+        if self.kind == "gemm" and self.trans_b:
+            return self.W.shape[0]
+        return self.W.shape[1]
+
+    @property
+    def in_channels(self) -> int:
+        if self.kind == "conv":
+            return self.W.shape[1] * self.group
+        if self.kind == "convtranspose":
+            return self.W.shape[0]
+        if self.kind == "gemm" and self.trans_b:
+            return self.W.shape[1]
+        return self.W.shape[0]
+
+    def _out_major(self, W: np.ndarray) -> np.ndarray:
+        """W rearranged as [Cout, everything feeding that output channel]."""
+        if self.kind == "conv":
+            return W.reshape(W.shape[0], -1)
+        if self.kind == "convtranspose":
+            g = self.group
+            cin, cout_g = W.shape[0], W.shape[1]
+            k = int(np.prod(W.shape[2:]))
+            # [g, cin_g, cout_g, k] -> [g, cout_g, cin_g, k] -> [Cout, cin_g*k]
+            return W.reshape(g, cin // g, cout_g, k).transpose(0, 2, 1, 3).reshape(g * cout_g, -1)
+        if self.kind == "gemm" and self.trans_b:
+            return W
+        return W.T
+
+    def _in_major(self, W: np.ndarray) -> np.ndarray:
+        """W rearranged as [Cin, everything reading that input channel]."""
+        if self.kind == "conv":
+            g = self.group
+            cout, cin_g = W.shape[0], W.shape[1]
+            k = int(np.prod(W.shape[2:]))
+            # [g, cout_g, cin_g, k] -> [g, cin_g, cout_g, k] -> [Cin, cout_g*k]
+            return W.reshape(g, cout // g, cin_g, k).transpose(0, 2, 1, 3).reshape(g * cin_g, -1)
+        if self.kind == "convtranspose":
+            return W.reshape(W.shape[0], -1)
+        if self.kind == "gemm" and self.trans_b:
+            return W.T
+        return W
+
+    def out_ranges(self) -> np.ndarray:
+        return np.max(np.abs(self._out_major(self.W)), axis=1)
+
+    def in_ranges(self) -> np.ndarray:
+        return np.max(np.abs(self._in_major(self.W)), axis=1)
+
+    def out_shape_for_broadcast(self) -> tuple[int, ...]:
+        """How a per-output-channel vector broadcasts against W."""
+        nd = self.W.ndim
+        if self.kind == "conv":
+            return (-1,) + (1,) * (nd - 1)
+        if self.kind == "gemm" and self.trans_b:
+            return (-1, 1)
+        return (1, -1)
+
+    def absmax_matrix(self) -> np.ndarray:
+        """M[o, i] = max over kernel taps of |W| between output channel o and input channel i (dense:
+        zero outside the group), in float64.  CLE sweeps on M instead of the weights."""
+        W = self.W
+        if self.kind == "conv":
+            g, cout, cin_g = self.group, W.shape[0], W.shape[1]
+            m = _absmax_last(W.reshape(cout, cin_g, -1))
+            if g == 1:
+                return m
+            out = np.zeros((cout, cin_g * g))
+            cout_g = cout // g
+            for k in range(g):
+                out[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] = m[k * cout_g:(k + 1) * cout_g]
+            return out
+        if self.kind == "convtranspose":
+            g, cin, cout_g = self.group, W.shape[0], W.shape[1]
+            m = _absmax_last(W.reshape(cin, cout_g, -1))  # [Cin, cout_g]
+            out = np.zeros((cout_g * g, cin))
+            cin_g = cin // g
+            for k in range(g):
+                out[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] = m[k * cin_g:(k + 1) * cin_g].T
+            return out
+        if self.kind == "gemm" and self.trans_b:
+            return np.abs(W).astype(np.float64)
+        return np.abs(W).T.astype(np.float64)
+
+    def _vec(self, s: np.ndarray, shape) -> np.ndarray:
+        dtype = self.W.dtype if self.W.dtype in (np.float32, np.float64) else np.float64
+        return np.asarray(s, dtype=np.float64).astype(dtype).reshape(shape)
+
+    def scale_out(self, s: np.ndarray) -> None:
+        """Multiply output channel o by s[o] (weights and bias)."""
+        s = np.asarray(s, dtype=np.float64)
+        if self.kind == "convtranspose":
+            g = self.group
+            cin, cout_g = self.W.shape[0], self.W.shape[1]
+            rest = self.W.shape[2:]
+            Wg = self.W.reshape((g, cin // g, cout_g) + rest) * self._vec(s, (g, 1, cout_g) + (1,) * len(rest))
+            self.W = Wg.reshape(self.W.shape).astype(self.W.dtype, copy=False)
+        else:
+            self.W = (self.W * self._vec(s, self.out_shape_for_broadcast())).astype(self.W.dtype, copy=False)
+        if self.b is not None:
+            self.b = (self.b.astype(np.float64) * s).astype(self.W.dtype, copy=False)
+
+    def scale_both(self, out_s: np.ndarray, in_s: np.ndarray) -> None:
+        """scale_out(out_s) and scale_in(in_s) in one pass over the weights (Conv), else two."""
+        if self.kind != "conv":
+            self.scale_out(out_s)
+            self.scale_in(in_s)
+            return
+        g, cout, cin_g = self.group, self.W.shape[0], self.W.shape[1]
+        factor = (np.asarray(out_s, np.float64).reshape(g, cout // g, 1) *
+                  np.asarray(in_s, np.float64).reshape(g, 1, cin_g)).reshape(cout, cin_g)
+        self.W = (self.W * self._vec(factor, (cout, cin_g) + (1,) * (self.W.ndim - 2))).astype(self.W.dtype, copy=False)
+        if self.b is not None:
+            self.b = (self.b.astype(np.float64) * out_s).astype(self.W.dtype, copy=False)
+
+    def scale_in(self, s: np.ndarray) -> None:
+        """Multiply the weights reading input channel i by s[i]."""
+        s = np.asarray(s, dtype=np.float64)
+        W = self.W
+        if self.kind == "conv":
+            g = self.group
+            cout, cin_g = W.shape[0], W.shape[1]
+            rest = W.shape[2:]
+            W = (W.reshape((g, cout // g, cin_g) + rest) * self._vec(s, (g, 1, cin_g) + (1,) * len(rest))).reshape(W.shape)
+        elif self.kind == "convtranspose":
+            W = W * self._vec(s, (-1,) + (1,) * (W.ndim - 1))
+        elif self.kind == "gemm" and self.trans_b:
+            W = W * self._vec(s, (1, -1))
+        else:
+            W = W * self._vec(s, (-1, 1))
+        self.W = W.astype(self.W.dtype, copy=False)
+
+    def add_bias(self, delta: np.ndarray) -> None:
+        base = self.b if self.b is not None else np.zeros(self.out_channels, self.W.dtype)
+        self.b = (base.astype(np.float64) + delta).astype(self.W.dtype, copy=False)
+
+    # -- writing back ----------------------------------------------------------------------
+    def commit(self, graph: gs.Graph, names: Namer, *, bias: bool = True) -> None:
+        """Put fresh initializers for W (and b) into the node (and its bias Add for MatMul)."""
+        node = self.node
+        wname = const_source(node.inputs[1])
+        node.inputs[1] = gs.Constant(names((wname.name if wname is not None else node.name) + "_w"),
+                                     np.ascontiguousarray(self.W))
+        if not bias or self.b is None:
+            return
+        if self.kind in ("conv", "convtranspose"):
+            c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
+            if len(node.inputs) > 2:
+                node.inputs[2] = c
+            else:
+                node.inputs.append(c)
+        elif self.kind == "gemm":
+            node.attrs["beta"] = 1.0
+            c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
+            if len(node.inputs) > 2:
+                node.inputs[2] = c
+            else:
+                node.inputs.append(c)
+        else:  # matmul: bias lives in a following Add
+            if self.bias_node is not None:
+                old = const_value(self.bias_node.inputs[self.bias_index])
+                shape = old.shape if old is not None else (self.b.size,)
+                self.bias_node.inputs[self.bias_index] = gs.Constant(
+                    names(node.name + "_bias"), np.ascontiguousarray(self.b.reshape(shape).astype(self.W.dtype, copy=False)))
+            else:
+                out = node.outputs[0]
+                new_out = gs.Variable(names(out.name + "_mm"), dtype=out.dtype, shape=out.shape)
+                node.outputs[0] = new_out
+                c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
+                add = gs.Node("Add", names(node.name + "_bias_add"), inputs=[new_out, c], outputs=[out])
+                graph.nodes.insert(graph.nodes.index(node) + 1, add)
+                self.bias_node, self.bias_index = add, 1
+
+
+def int8_per_tensor_sqnr(W: np.ndarray) -> float:
+    """SQNR (dB) of symmetric per-tensor int8 weight quantization (scale = amax/127)."""
+    W = W.astype(np.float64)
+    amax = float(np.max(np.abs(W)))
+    if amax == 0:
+        return float("inf")
+    s = amax / 127.0
+    q = np.clip(np.round(W / s), -127, 127) * s
+    noise = float(np.mean((W - q) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.mean(W ** 2)) / noise)
+
+
+def range_spread(r: np.ndarray) -> float:
+    """max/min of per-channel ranges (ignoring dead channels); 1.0 means perfectly equalized."""
+    r = r[r > 1e-12]
+    return float(r.max() / r.min()) if r.size else 1.0
+
+
+@dataclass
+class ConvGeometry:
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...] | None  # None: auto_pad SAME_* with strides > 1 (input-size dependent)
+    pads_end: tuple[int, ...] | None
+    group: int
+
+    @property
+    def is_1x1(self) -> bool:
+        return all(k == 1 for k in self.kernel)
+
+    @property
+    def unit_stride(self) -> bool:
+        return all(s == 1 for s in self.strides)
+
+    @property
+    def no_padding(self) -> bool:
+        return self.pads_begin is not None and not any(self.pads_begin) and not any(self.pads_end)
+
+
+def conv_geometry(node: gs.Node, W: np.ndarray) -> ConvGeometry:
+    """Kernel, strides, dilations and explicit pads of a Conv, with auto_pad resolved where it can be."""
+    k = tuple(int(d) for d in (attr(node, "kernel_shape") or W.shape[2:]))
+    n = len(k)
+    strides = tuple(int(s) for s in (attr(node, "strides") or [1] * n))
+    dil = tuple(int(d) for d in (attr(node, "dilations") or [1] * n))
+    auto = attr(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", "", None):
+        pads = list(attr(node, "pads") or [0] * (2 * n))
+        return ConvGeometry(k, strides, dil, tuple(pads[:n]), tuple(pads[n:]), int(attr(node, "group", 1)))
+    if auto == "VALID":
+        return ConvGeometry(k, strides, dil, (0,) * n, (0,) * n, int(attr(node, "group", 1)))
+    # SAME_UPPER / SAME_LOWER: total padding depends on the input size unless strides are 1
+    if all(s == 1 for s in strides):
+        total = [d * (kk - 1) for d, kk in zip(dil, k)]
+        if auto == "SAME_UPPER":
+            begin = tuple(t // 2 for t in total)
+        else:
+            begin = tuple(t - t // 2 for t in total)
+        end = tuple(t - b for t, b in zip(total, begin))
+        return ConvGeometry(k, strides, dil, begin, end, int(attr(node, "group", 1)))
+    return ConvGeometry(k, strides, dil, None, None, int(attr(node, "group", 1)))

@@ -1,0 +1,94 @@
+"""insert-qdq: emit QuantizeLinear/DequantizeLinear where the target's placement rules say.
+
+The plan (qcompiler/quant/plan.py) is computed from the graph, the recipe and the target's rules
+(qcompiler/quant/targets/*.py, as data); this pass only emits it (qcompiler/quant/emit.py):
+
+* activations: per-tensor Q/DQ with scales from ``calibrate``'s statistics (symmetric int8:
+  ``scale = amax / 127``, zero point int8 0; affine u8 for the onnxruntime target; fp8 E4M3:
+  ``scale = amax / 448``, zero point float8e4m3fn 0, ``saturate=1``);
+* weights: per output channel with the consuming op's axis (Conv 0, ConvTranspose 1, Gemm 0/1 by
+  transB, MatMul last), narrow grid, stored as int8 (or fp8) initializers behind a DequantizeLinear
+  (``weights=qdq``: float weights + Q + DQ);
+* biases stay float for TensorRT (R11); the onnxruntime target quantizes them to int32.
+
+The opset is raised with onnx's version converter when needed (13 for per-channel int8, 19 for
+fp8, 21 for blocked int4), with a QC305 remark.  A model that already holds Q/DQ is refused (QC503)
+unless ``requantize=true``, which strips them first.  Layers left in float are listed as QC504
+remarks with the reason (recipe, P9 small layer, attention MatMul, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from qcompiler.diagnostics import QCompilerError
+from qcompiler.ir.io import copy_graph, iter_graphs
+from qcompiler.ir.opset import upgrade_opset
+from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.quant.emit import Emitter
+from qcompiler.quant.plan import make_plan
+from qcompiler.quant.recipe import validate_for_target
+from qcompiler.quant.session import ensure_recipe
+from qcompiler.quant.strip import strip_qdq
+
+
+@register_pass
+class InsertQDQ(Pass):
+    """Insert Q/DQ nodes following the target's placement rules (TensorRT by default)."""
+
+    name = "insert-qdq"
+    requires = frozenset({"calibrated"})
+    provides = frozenset({"quantized"})
+    invalidates = frozenset({"calibrated"})
+
+    @dataclass(frozen=True)
+    class Options:
+        target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
+                             choices=("auto", "tensorrt", "onnxruntime"))
+        precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
+        weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq (float + Q + DQ)",
+                              choices=("dq", "qdq"))
+        requantize: bool = option(False, "strip Q/DQ already in the model and quantize it again")
+
+    def call(self, graph: gs.Graph, ctx) -> PassResult:
+        has_qdq = any(n.op in ("QuantizeLinear", "DequantizeLinear") for g in iter_graphs(graph) for n in g.nodes)
+        if has_qdq:
+            if not self.options.requantize:
+                raise QCompilerError("the model already contains QuantizeLinear/DequantizeLinear nodes", code="QC503",
+                                     hint="pass the FP32 model, or use insert-qdq{requantize=true} to strip them and "
+                                          "quantize again")
+            counts = strip_qdq(graph)
+            ctx.remark("QC503", f"stripped existing Q/DQ ({counts['pairs']} activation pairs, {counts['weights']} "
+                                "weights) before requantizing")
+        recipe = ensure_recipe(ctx, self.options.target, self.options.precision)
+        validate_for_target(recipe)
+        from qcompiler.quant.targets import get_target
+
+        tgt = get_target(recipe.target)
+        need = tgt.opset_fp8 if recipe.precision == "fp8" or any(s.fp8 for _, s in recipe.specs()) else tgt.opset_int8
+        if any(s.per_block for _, s in recipe.specs()):
+            need = max(need, tgt.opset_int4)
+        current = int(graph.opset or 1)
+        if current < need:
+            upgrade_opset(graph, need)
+            ctx.remark("QC305", f"upgraded the model from opset {current} to {need} (needed for "
+                                f"{'fp8' if need == 19 else 'blocked int4' if need == 21 else 'per-channel'} Q/DQ)")
+        ctx.reference = copy_graph(graph)
+        plan = make_plan(graph, recipe, ctx.diagnostics)
+        result = Emitter(graph, plan, ctx.stats, weights_mode=self.options.weights, diagnostics=ctx.diagnostics).run()
+        ctx.artifacts["plan"] = plan
+        ctx.artifacts["qparams"] = result
+        ctx.artifacts["recipe_used"] = {
+            "recipe": recipe.to_dict(),
+            "observers": {t: {"method": st.config.method, "range": [float(st.range[0].min()), float(st.range[1].max())]}
+                          for t, st in (ctx.stats.tensors.items() if ctx.stats is not None else [])
+                          if st.range is not None},
+            "float_layers": dict(plan.float_nodes),
+            "calibration_samples": getattr(ctx.stats, "samples", 0),
+        }
+        counts = dict(result.counts)
+        counts["float_layers"] = len(plan.float_nodes)
+        modified = bool(result.counts.get("activations") or result.counts.get("weights") or has_qdq)
+        return PassResult(modified, counts)

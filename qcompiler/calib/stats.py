@@ -1,0 +1,95 @@
+"""Calibration statistics: the container passes read, and its cache file (JSON or NPZ).
+
+The cache is keyed by a hash of (the graph as it is when calibrated, the data, the observer
+configuration of every tensor).  A matching cache skips the run; a stale one is ignored with a
+QC404 remark (and overwritten when the run finishes).  Ranges are recomputed from the cached state,
+so changing only the range method (e.g. percentile -> entropy of a ``histogram`` observer) reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .observers import TensorStats, compute_range
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class CalibrationStats:
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+    key: str = ""
+    samples: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def range(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        st = self.tensors[name]
+        if st.range is None:
+            st.range = compute_range(st)
+        return st.range
+
+    def finalize(self) -> None:
+        for st in self.tensors.values():
+            st.range = compute_range(st)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": CACHE_VERSION, "key": self.key, "samples": self.samples, "meta": self.meta,
+                "tensors": [st.to_dict() for st in self.tensors.values()]}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "CalibrationStats":
+        if d.get("version") != CACHE_VERSION:
+            raise ValueError(f"cache version {d.get('version')} != {CACHE_VERSION}")
+        tensors = {t["name"]: TensorStats.from_dict(t) for t in d["tensors"]}
+        return CalibrationStats(tensors, d.get("key", ""), int(d.get("samples", 0)), d.get("meta", {}))
+
+    # -- cache files -------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        p = Path(path)
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        if p.suffix.lower() == ".npz":
+            buf = io.BytesIO()
+            np.savez_compressed(buf, stats=np.frombuffer(text.encode(), dtype=np.uint8))
+            payload = buf.getvalue()
+        else:
+            payload = (text + "\n").encode()
+        fd, tmp = tempfile.mkstemp(prefix=".qc-", dir=p.parent if str(p.parent) else ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return p
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "CalibrationStats":
+        p = Path(path)
+        if p.suffix.lower() == ".npz":
+            with np.load(p) as z:
+                text = z["stats"].tobytes().decode()
+        else:
+            text = p.read_text()
+        return CalibrationStats.from_dict(json.loads(text))
+
+
+def cache_key(graph_fingerprint: str, data_fingerprint: str, configs: dict[str, Any]) -> str:
+    blob = json.dumps({"v": CACHE_VERSION, "graph": graph_fingerprint, "data": data_fingerprint,
+                       "observers": configs}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()

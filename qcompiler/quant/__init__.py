@@ -1,0 +1,1 @@
+"""Quantization: specs, recipes, target placement rules, the placement plan, Q/DQ emission, lint."""

@@ -1,0 +1,430 @@
+"""Where Q/DQ go: the placement plan, computed from the graph, the recipe and the target's rules.
+
+``calibrate`` uses the plan to know which tensors to observe; ``insert-qdq`` uses the same plan to
+emit the nodes, so what is calibrated is exactly what is quantized.  Every layer left in float gets
+a reason (``plan.float_nodes``), reported as a QC504 remark.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..diagnostics import DiagnosticEngine, RecipeError
+from ..ir.query import const_source, const_value, is_graph_output
+from .qspec import QSpec
+from .recipe import Recipe
+from .targets import Target, get_target
+
+
+@dataclass
+class ActPoint:
+    tensor: str
+    spec: QSpec
+    edges: list[tuple[str, int]] = field(default_factory=list)  # (consumer node, input index)
+    rule: str = "P1"
+
+
+@dataclass
+class WeightPoint:
+    node: str
+    index: int
+    tensor: str
+    spec: QSpec
+    axis: int | None  # None: per tensor
+    bias_index: int | None = None  # onnxruntime target: int32 bias
+
+
+@dataclass
+class Plan:
+    target: Target
+    recipe: Recipe
+    acts: list[ActPoint] = field(default_factory=list)
+    weights: list[WeightPoint] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)  # tensors that share one scale (Concat)
+    float_nodes: dict[str, str] = field(default_factory=dict)
+    stats_only: dict[str, QSpec] = field(default_factory=dict)  # group members observed but not quantized
+
+    def observed(self) -> dict[str, QSpec]:
+        """tensor -> activation spec whose observer collects its statistics."""
+        out: dict[str, QSpec] = {}
+        for a in self.acts:
+            out.setdefault(a.tensor, a.spec)
+        for t, spec in self.stats_only.items():
+            out.setdefault(t, spec)
+        return out
+
+    def group_of(self, tensor: str) -> list[str]:
+        for g in self.groups:
+            if tensor in g:
+                return g
+        return [tensor]
+
+    def summary(self) -> dict[str, int]:
+        return {"activations": len(self.acts), "weights": len(self.weights), "float_layers": len(self.float_nodes)}
+
+
+# --------------------------------------------------------------------------------------------
+# P9: layers without fast int8/fp8 kernels (ModelOpt's default exclusions)
+# --------------------------------------------------------------------------------------------
+
+
+def small_layer_reason(node: gs.Node, W: np.ndarray, first: bool, fp8: bool) -> str | None:
+    if node.op in ("Gemm", "MatMul"):
+        if W.ndim != 2:
+            return None
+        if node.op == "Gemm" and int(node.attrs.get("transB", 0)):
+            n_out, k = W.shape
+        else:
+            k, n_out = W.shape
+        if k < 16 or n_out < 16:
+            return f"a {k}x{n_out} GEMM (K or N < 16) has no fast quantized kernel"
+        return None
+    if node.op == "Conv":
+        cout, cin_g = W.shape[0], W.shape[1]
+        g = int(node.attrs.get("group", 1))
+        cin = cin_g * g
+    else:  # ConvTranspose
+        cin, cout_g = W.shape[0], W.shape[1]
+        g = int(node.attrs.get("group", 1))
+        cout = cout_g * g
+    kernel = W.shape[2:]
+    if fp8:
+        if int(np.prod(kernel)) > 32:
+            return f"fp8 conv with a {'x'.join(map(str, kernel))} kernel (area > 32)"
+        if min(cin, cout) <= 16:
+            return f"fp8 conv with {cin} -> {cout} channels (<= 16)"
+        if g > 1:
+            return "grouped/depthwise conv (no optimized fp8 kernels)"
+        return None
+    if cin >= 16 and cout >= 16:
+        return None
+    if g == 1:
+        square = len(set(kernel)) <= 1
+        if (cout % 8 == 0 or cin % 8 == 0) and (first or max(cin, cout) >= 16) and square:
+            return None
+    elif cout % 8 == 0 and all(k >= 3 for k in kernel):
+        return None
+    return f"int8 conv with {cin} -> {cout} channels fails TensorRT's small-channel rules"
+
+
+# --------------------------------------------------------------------------------------------
+# graph helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _has_const_input(node: gs.Node) -> bool:
+    return any(const_value(i) is not None for i in node.inputs if i.name)
+
+
+def is_epilogue(node: gs.Node, target: Target) -> bool:
+    if node.op not in target.epilogue_ops:
+        return False
+    if node.op in ("Add", "Min", "Max"):
+        return _has_const_input(node)
+    if node.op == "Mul":
+        if _has_const_input(node):
+            return True
+        # SiLU: x * Sigmoid(x)
+        a, b = node.inputs[0], node.inputs[1]
+        for x, y in ((a, b), (b, a)):
+            p = y.inputs[0] if y.inputs else None
+            if p is not None and p.op == "Sigmoid" and p.inputs[0] is x:
+                return True
+        return False
+    return True
+
+
+def backbone(t: gs.Tensor, target: Target, weighted: set[str], graph: gs.Graph) -> tuple[gs.Node | None, int]:
+    """The quantized weighted op that produces ``t`` through epilogue ops only, and the path length."""
+    steps = 0
+    while True:
+        node = t.inputs[0] if t.inputs else None
+        if node is None:
+            return None, steps
+        if node.name in weighted:
+            return node, steps + 1
+        if not is_epilogue(node, target):
+            return None, steps
+        # follow the non-constant input
+        nxt = [i for i in node.inputs if i.name and const_value(i) is None]
+        if node.op == "Mul" and len(nxt) == 2:  # SiLU: follow x (the one that is not the Sigmoid)
+            nxt = [i for i in nxt if not (i.inputs and i.inputs[0].op == "Sigmoid")]
+        if len(nxt) != 1 or len(nxt[0].outputs) > (2 if node.op == "Mul" else 1) or is_graph_output(graph, nxt[0]):
+            return None, steps
+        t = nxt[0]
+        steps += 1
+
+
+def _ancestors(t: gs.Tensor, limit: int = 4000) -> dict[int, int]:
+    """id(tensor) -> distance (in nodes) walking producers backwards from t."""
+    dist = {id(t): 0}
+    q = deque([t])
+    while q and len(dist) < limit:
+        cur = q.popleft()
+        node = cur.inputs[0] if cur.inputs else None
+        if node is None:
+            continue
+        for i in node.inputs:
+            if i.name and id(i) not in dist and not isinstance(i, gs.Constant):
+                dist[id(i)] = dist[id(cur)] + 1
+                q.append(i)
+    return dist
+
+
+def _fused_input(add: gs.Node, a: int, b: int) -> int:
+    """Of two backbone inputs, the one on the longer path from their closest common ancestor."""
+    da, db = _ancestors(add.inputs[a]), _ancestors(add.inputs[b])
+    common = set(da) & set(db)
+    if not common:
+        return a
+    best = min(common, key=lambda k: da[k] + db[k])
+    return a if da[best] >= db[best] else b
+
+
+# --------------------------------------------------------------------------------------------
+# the plan
+# --------------------------------------------------------------------------------------------
+
+
+class _Planner:
+    def __init__(self, graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None):
+        self.g = graph
+        self.recipe = recipe
+        self.target = get_target(recipe.target)
+        self.diag = diagnostics
+        self.plan = Plan(self.target, recipe)
+        self.by_name = {n.name: n for n in graph.nodes}
+        self.edges: dict[tuple[str, int], ActPoint] = {}
+        self.points: dict[tuple[str, QSpec], ActPoint] = {}
+        self.weighted: set[str] = set()
+        self.fp8 = recipe.precision == "fp8"
+
+    def note_float(self, node: gs.Node, why: str, rule: str | None = None) -> None:
+        self.plan.float_nodes[node.name] = why
+        if self.diag is not None:
+            self.diag.remark("QC504", f"{node.op} stays float: {why}", node=node.name,
+                             pass_name="insert-qdq", rule=rule)
+
+    def request(self, tensor: gs.Tensor, consumer: gs.Node, index: int, spec: QSpec, rule: str) -> None:
+        if isinstance(tensor, gs.Constant) or const_value(tensor) is not None or not tensor.name:
+            return
+        if tensor.dtype is not None and np.dtype(tensor.dtype).kind != "f":
+            return
+        if spec.fp8 and not spec.symmetric:
+            raise RecipeError(f"fp8 activations are symmetric ({consumer.name})")
+        if not spec.fp8 and spec.width != 8:
+            raise RecipeError(
+                f"activation dtype {spec.dtype} for {consumer.name}: ONNX QuantizeLinear saturates to the 8-bit "
+                "range, so activations must be s8, u8 or fp8e4m3", hint="use lower bit widths for weights only")
+        key = (consumer.name, index)
+        if key in self.edges:
+            return
+        pkey = (tensor.name, spec)
+        pt = self.points.get(pkey)
+        if pt is None:
+            pt = ActPoint(tensor.name, spec, [], rule)
+            self.points[pkey] = pt
+            self.plan.acts.append(pt)
+        pt.edges.append(key)
+        self.edges[key] = pt
+
+    def flows_to_quantized(self, t: gs.Tensor, limit: int = 64) -> bool:
+        seen = set()
+        q = deque([t])
+        while q and len(seen) < limit:
+            cur = q.popleft()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            for c in cur.outputs:
+                idx = [k for k, i in enumerate(c.inputs) if i is cur]
+                if any((c.name, k) in self.edges for k in idx):
+                    return True
+                if c.op in self.target.commuting_ops or is_epilogue(c, self.target):
+                    q.extend(o for o in c.outputs if o.name)
+        return False
+
+    # -- steps --------------------------------------------------------------------------------
+    def weighted_ops(self) -> None:
+        skip_small = self.recipe.option("skip_small_layers", self.target.skip_small_layers)
+        quant_bmm = self.recipe.option("quantize_bmm", False)
+        first = True
+        for n in self.g.nodes:
+            if n.op not in self.target.weight_axis or len(n.inputs) < 2:
+                continue
+            is_first, first = first, False
+            cfg = self.recipe.resolve(n)
+            if cfg.is_float:
+                self.note_float(n, "the recipe says float")
+                continue
+            src = const_source(n.inputs[1])
+            W = const_value(n.inputs[1])
+            if W is None:
+                if n.op == "MatMul":
+                    if not quant_bmm:
+                        self.note_float(n, "a MatMul of two activations (attention); set options.quantize_bmm to "
+                                           "quantize it", rule="T3")
+                        continue
+                    if cfg.activation is not None:
+                        self.request(n.inputs[0], n, 0, cfg.activation, "T3")
+                        self.request(n.inputs[1], n, 1, cfg.activation, "T3")
+                        self.weighted.add(n.name)
+                    continue
+                self.note_float(n, f"its weight '{n.inputs[1].name}' is not a constant")
+                continue
+            if W.dtype.kind != "f":
+                self.note_float(n, f"its weight is already {W.dtype}")
+                continue
+            if skip_small:
+                why = small_layer_reason(n, W, is_first, self.fp8 or (cfg.weight is not None and cfg.weight.fp8))
+                if why:
+                    self.note_float(n, why, rule="P9")
+                    continue
+            if cfg.weight is not None:
+                if src is None:
+                    self.note_float(n, "its weight is computed from constants by nodes (run fold-constants first)")
+                    continue
+                spec = cfg.weight
+                if spec.per_block and n.op not in ("MatMul", "Gemm"):
+                    raise RecipeError(f"{n.name}: blocked (int4) weights are for MatMul/Gemm only", rule="R16")
+                axis = self.target.weight_axis[n.op](n) if spec.per_channel else None
+                if axis is not None and axis < 0:
+                    axis += W.ndim
+                if spec.per_channel and n.op == "ConvTranspose" and int(n.attrs.get("group", 1)) > 1:
+                    axis = None  # a per-output-channel scale cannot be written for grouped ConvTranspose (R9)
+                    if self.diag is not None:
+                        self.diag.remark("QC504", f"{n.name}: grouped ConvTranspose weights quantized per tensor "
+                                                  "(axis 1 is Cout/group long)", node=n.name, rule="R9")
+                bias = None
+                if self.target.quantize_bias_int32 and n.op in ("Conv", "Gemm") and len(n.inputs) > 2 and \
+                        n.inputs[2].name and const_value(n.inputs[2]) is not None and cfg.activation is not None \
+                        and not spec.fp8:
+                    bias = 2
+                self.plan.weights.append(WeightPoint(n.name, 1, src.name, spec, axis, bias))
+            if cfg.activation is not None:
+                self.request(n.inputs[0], n, 0, cfg.activation, "P1")
+            self.weighted.add(n.name)
+
+    def pooling(self) -> None:
+        if not self.recipe.option("quantize_pooling", True):
+            return
+        for n in reversed(self.g.nodes):  # downstream first, so chains of pools resolve
+            if n.op not in self.target.pooling_ops or not n.outputs:
+                continue
+            cfg = self.recipe.resolve(n)
+            if cfg.activation is None:
+                continue
+            if self.flows_to_quantized(n.outputs[0]):
+                self.request(n.inputs[0], n, 0, cfg.activation, "P5")
+
+    def residuals(self) -> None:
+        if self.target.residual != "skip-input" or not self.recipe.option("quantize_residual", True):
+            return
+        for n in self.g.nodes:
+            if n.op != "Add" or len(n.inputs) != 2 or not n.outputs:
+                continue
+            if any(const_value(i) is not None for i in n.inputs):
+                continue
+            bb = [backbone(i, self.target, self.weighted, self.g)[0] for i in n.inputs]
+            if bb[0] is None and bb[1] is None:
+                continue
+            if bb[0] is not None and bb[1] is not None:
+                fused = _fused_input(n, 0, 1)
+            else:
+                fused = 0 if bb[0] is not None else 1
+            skip = 1 - fused
+            cfg = self.recipe.resolve(n)
+            if cfg.activation is None:
+                continue
+            if self.flows_to_quantized(n.outputs[0]):
+                self.request(n.inputs[skip], n, skip, cfg.activation, "P4")
+
+    def onnxruntime_ops(self) -> None:
+        """Quantize inputs and outputs of quantized ops (DQ -> op -> Q groups)."""
+        tgt = self.target
+        quantized: list[gs.Node] = []
+        for n in self.g.nodes:
+            if n.name in self.weighted:
+                quantized.append(n)
+            elif n.op in tgt.quantized_ops:
+                cfg = self.recipe.resolve(n)
+                if cfg.activation is None:
+                    continue
+                for k, i in enumerate(n.inputs):
+                    if n.op == "Resize" and k > 0:
+                        break
+                    self.request(i, n, k, cfg.activation, "ORT1")
+                quantized.append(n)
+        for n in quantized:
+            cfg = self.recipe.resolve(n)
+            if cfg.activation is None or not n.outputs:
+                continue
+            out = n.outputs[0]
+            if len(out.outputs) == 1 and not is_graph_output(self.g, out) and \
+                    out.outputs[0].op in tgt.fused_activations:
+                out = out.outputs[0].outputs[0]
+            for c in list(out.outputs):
+                for k, i in enumerate(c.inputs):
+                    if i is out:
+                        self.request(out, c, k, cfg.activation, "ORT1")
+
+    def concat_groups(self) -> None:
+        if not self.target.concat_shared_scale:
+            return
+        requested = {a.tensor for a in self.plan.acts}
+        parent: dict[str, str] = {}
+
+        def find(x: str) -> str:
+            while parent.get(x, x) != x:
+                x = parent[x]
+            return x
+
+        def union(a: str, b: str) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+        members: set[str] = set()
+        for n in self.g.nodes:
+            if n.op != "Concat" or not n.outputs:
+                continue
+            ts = [i for i in n.inputs if i.name and const_value(i) is None] + [n.outputs[0]]
+            names = [t.name for t in ts]
+            if not any(t in requested for t in names) and not any(self.flows_to_quantized(t) for t in ts[-1:]):
+                continue
+            for t in names:
+                parent.setdefault(t, t)
+                members.add(t)
+            for t in names[1:]:
+                union(names[0], t)
+        groups: dict[str, list[str]] = {}
+        for t in sorted(members):
+            groups.setdefault(find(t), []).append(t)
+        spec_of = {a.tensor: a.spec for a in self.plan.acts}
+        for root, ts in sorted(groups.items()):
+            if len(ts) < 2:
+                continue
+            self.plan.groups.append(ts)
+            spec = next((spec_of[t] for t in ts if t in spec_of), None)
+            if spec is None:
+                continue
+            for t in ts:
+                if t not in spec_of:
+                    self.plan.stats_only[t] = spec
+
+    def build(self) -> Plan:
+        self.weighted_ops()
+        if self.target.quantize_outputs:
+            self.onnxruntime_ops()
+        self.pooling()
+        self.residuals()
+        self.concat_groups()
+        return self.plan
+
+
+def make_plan(graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None = None) -> Plan:
+    return _Planner(graph, recipe, diagnostics).build()
