@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-ZOO_VERSION = "3"
+ZOO_VERSION = "3"  # trained models (bump to retrain)
+ARCH_VERSION = "2"  # random-weight architectures (bump when builders or BN randomization change)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def cache_dir() -> Path:
 
 
 def _key(entry: ZooEntry, **extra: Any) -> str:
-    blob = json.dumps({"v": ZOO_VERSION, "name": entry.name, "shape": entry.input_shape, "trained": entry.trained,
+    blob = json.dumps({"v": ZOO_VERSION if entry.trained else ARCH_VERSION, "name": entry.name, "shape": entry.input_shape, "trained": entry.trained,
                        "train": entry.train_kwargs, "opset": entry.opset, **extra}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -135,7 +136,9 @@ def build(name: str, *, seed: int = 0):
 
 
 def _randomize_bn(model, seed: int) -> None:
-    """Give BatchNorm layers non-trivial statistics so folding is actually exercised."""
+    """Give BatchNorm layers statistics like those of pretrained networks: per-channel scales spread
+    over two orders of magnitude (log-uniform gamma and variance), so folding makes per-channel weight
+    ranges as unequal as in a real MobileNetV2 (the case CLE exists for)."""
     import torch
 
     g = torch.Generator().manual_seed(seed + 17)
@@ -143,10 +146,10 @@ def _randomize_bn(model, seed: int) -> None:
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
             n = m.num_features
             with torch.no_grad():
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(torch.exp(torch.empty(n).uniform_(-3.0, 1.0, generator=g)))
                 m.bias.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.running_var.copy_(torch.exp(torch.empty(n).uniform_(-3.0, 1.0, generator=g)))
 
 
 def export(model, path: str | os.PathLike, input_shape: tuple[int, ...], *, opset: int = 17, batch: int = 1,

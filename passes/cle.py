@@ -124,8 +124,14 @@ class CLE(Pass):
         if first_worst <= self.options.tolerance and clips == 0 and self.options.clip != "relu":
             # already equalized (e.g. a second run): leave the graph exactly as it is
             return PassResult(False, {"pairs": len(pairs), "sweeps": 1})
+        bn_stats = ctx.artifacts.get("bn_stats", {})
         for k, lay in layers.items():
             lay.scale_both(a[k], b[k])
+            out_t = lay.bias_node.outputs[0] if lay.bias_node is not None else lay.node.outputs[0]
+            if out_t.name in bn_stats:  # keep fold-bn's statistics true for absorb-bias / bias-correct
+                st = bn_stats[out_t.name]
+                bn_stats[out_t.name] = {**st, "mean": (np.asarray(st["mean"]) * a[k]).tolist(),
+                                        "std": (np.asarray(st["std"]) * a[k]).tolist()}
 
         # write back: weights, then the chain ops (Clip -> Relu + Min with per-channel bounds)
         for lay in layers.values():

@@ -38,6 +38,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer, replace_all_uses
 from qcompiler.ir.query import attr, const_value, is_graph_output, rank, subgraph_referenced_names
+from qcompiler.ir.shapes import infer_shapes
 from qcompiler.pm import Pass, PassResult, option, register_pass
 
 from ._layers import Layer, weight_exclusive
@@ -69,6 +70,8 @@ class FoldBN(Pass):
         def bump(key: str) -> None:
             stats[key] = stats.get(key, 0) + 1
 
+        inferred = shapes_changed = False
+
         for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
             reason = self._check_bn(bn)
             if reason:
@@ -88,11 +91,11 @@ class FoldBN(Pass):
                 layer.scale_out(s)
                 layer.add_bias(t.astype(np.float64))
                 layer.commit(graph, names)
-                replace_all_uses(graph, bn.outputs[0], prod.outputs[0])
+                out_t = layer.bias_node.outputs[0] if layer.bias_node is not None else prod.outputs[0]
+                replace_all_uses(graph, bn.outputs[0], out_t)
                 bn.inputs.clear()
                 bn.outputs.clear()
-                bn_stats[prod.outputs[0].name] = {"layer": prod.name, "mean": beta.tolist(),
-                                                  "std": np.abs(gamma).tolist()}
+                bn_stats[out_t.name] = {"layer": prod.name, "mean": beta.tolist(), "std": np.abs(gamma).tolist()}
                 ctx.remark("QC301", f"fold-bn folded {bn.name} into {prod.name}", node=prod.name)
                 bump("folded")
                 continue
@@ -104,6 +107,10 @@ class FoldBN(Pass):
                 ctx.remark("QC302", f"fold-bn left {bn.name}: {why}", node=bn.name)
                 continue
             r = rank(x)
+            if r is None and not inferred:
+                inferred = True
+                shapes_changed = infer_shapes(graph) > 0
+                r = rank(x)
             if r is None:
                 ctx.remark("QC302", f"fold-bn left {bn.name}: {why}; its input rank is unknown so it cannot be "
                                     "rewritten to Mul+Add either (run infer-shapes first)", node=bn.name)
@@ -113,7 +120,7 @@ class FoldBN(Pass):
             bump("mul_add")
         if stats.get("folded") or stats.get("mul_add"):
             graph.cleanup(remove_unused_graph_inputs=False)
-        return PassResult(bool(stats.get("folded") or stats.get("mul_add")), stats)
+        return PassResult(bool(stats.get("folded") or stats.get("mul_add") or shapes_changed), stats)
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod

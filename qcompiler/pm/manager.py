@@ -78,6 +78,9 @@ def graph_fingerprint(graph: gs.Graph) -> str:
     """Content hash of structure, attributes and weight values (used to check `modified` claims)."""
     h = hashlib.sha1(graph_to_text(graph).encode())
     for g in iter_graphs(graph):
+        for t in g.tensors().values():  # value_info: intermediate dtypes and shapes
+            if isinstance(t, gs.Variable):
+                h.update(f"{t.name}:{t.dtype}:{t.shape};".encode())
         for t in sorted((t for t in g.tensors().values() if isinstance(t, gs.Constant)), key=lambda t: t.name):
             h.update(t.name.encode())
             v = t._values
