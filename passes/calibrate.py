@@ -62,6 +62,9 @@ class Calibrate(Pass):
                                          "(only with allow-random-calibration)", min=1)
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
+        from .insert_qdq import refuse_if_quantized
+
+        refuse_if_quantized(graph)
         recipe = ensure_recipe(ctx, self.options.target, self.options.precision)
         validate_for_target(recipe)
         recipe.check_patterns(graph, ctx.diagnostics)

@@ -12,8 +12,8 @@ The plan (qcompiler/quant/plan.py) is computed from the graph, the recipe and th
 * biases stay float for TensorRT (R11); the onnxruntime target quantizes them to int32.
 
 The opset is raised with onnx's version converter when needed (13 for per-channel int8, 19 for
-fp8, 21 for blocked int4), with a QC305 remark.  A model that already holds Q/DQ is refused (QC503)
-unless ``requantize=true``, which strips them first.  Layers left in float are listed as QC504
+fp8, 21 for blocked int4), with a QC305 remark.  A model that already holds Q/DQ is refused (QC503):
+run ``strip-qdq`` before ``calibrate`` to quantize it again.  Layers left in float are listed as QC504
 remarks with the reason (recipe, P9 small layer, attention MatMul, ...).
 """
 
@@ -31,7 +31,13 @@ from qcompiler.quant.emit import Emitter
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
 from qcompiler.quant.session import ensure_recipe
-from qcompiler.quant.strip import strip_qdq
+
+
+def refuse_if_quantized(graph: gs.Graph) -> None:
+    if any(n.op in ("QuantizeLinear", "DequantizeLinear") for g in iter_graphs(graph) for n in g.nodes):
+        raise QCompilerError("the model already contains QuantizeLinear/DequantizeLinear nodes", code="QC503",
+                             hint="pass the FP32 model, or put strip-qdq first (strip-qdq,calibrate,insert-qdq) to "
+                                  "quantize it again")
 
 
 @register_pass
@@ -50,18 +56,9 @@ class InsertQDQ(Pass):
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
         weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq (float + Q + DQ)",
                               choices=("dq", "qdq"))
-        requantize: bool = option(False, "strip Q/DQ already in the model and quantize it again")
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
-        has_qdq = any(n.op in ("QuantizeLinear", "DequantizeLinear") for g in iter_graphs(graph) for n in g.nodes)
-        if has_qdq:
-            if not self.options.requantize:
-                raise QCompilerError("the model already contains QuantizeLinear/DequantizeLinear nodes", code="QC503",
-                                     hint="pass the FP32 model, or use insert-qdq{requantize=true} to strip them and "
-                                          "quantize again")
-            counts = strip_qdq(graph)
-            ctx.remark("QC503", f"stripped existing Q/DQ ({counts['pairs']} activation pairs, {counts['weights']} "
-                                "weights) before requantizing")
+        refuse_if_quantized(graph)
         recipe = ensure_recipe(ctx, self.options.target, self.options.precision)
         validate_for_target(recipe)
         from qcompiler.quant.targets import get_target
@@ -90,5 +87,5 @@ class InsertQDQ(Pass):
         }
         counts = dict(result.counts)
         counts["float_layers"] = len(plan.float_nodes)
-        modified = bool(result.counts.get("activations") or result.counts.get("weights") or has_qdq)
+        modified = bool(result.counts.get("activations") or result.counts.get("weights"))
         return PassResult(modified, counts)

@@ -548,8 +548,9 @@ class _Checker:
                 if arr.ndim == r:
                     body = arr.shape[1:] if r else ()
                     mshape = spec.shape[1:] if r else ()
-                elif arr.ndim == r - 1 and r > 0:
-                    arr = arr[None]
+                elif arr.ndim == r - 1 and r > 0 and all(
+                        not _static(dm) or dm == dd for dm, dd in zip(spec.shape[1:], arr.shape)):
+                    arr = arr[None]  # a single sample without its batch axis
                     body, mshape = arr.shape[1:], spec.shape[1:]
                 else:
                     raise CalibrationError(
@@ -670,8 +671,9 @@ def iter_batches(data: CalibData, graph: gs.Graph, diagnostics: DiagnosticEngine
                 diagnostics.remark("QC401", f"dropped the last {pending_n} sample(s): the model's batch dim is fixed "
                                             f"to {fixed}")
         else:
-            yield emitted, take(pending_n)
-            emitted += pending_n
+            k = pending_n
+            yield emitted, take(k)
+            emitted += k
     if emitted == 0:
         raise CalibrationError(f"{data.source.description} holds no usable samples" +
                                (f" ({skipped} skipped for NaN/Inf)" if skipped else ""), code="QC401",

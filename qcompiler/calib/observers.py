@@ -272,7 +272,7 @@ def compute_range(st: TensorStats, method: str | None = None) -> tuple[np.ndarra
 def _percentile_signed(st: TensorStats, p: float) -> float:
     h = st.hist.astype(np.float64)
     cdf = np.cumsum(h)
-    target = p / 100.0 * cdf[-1]
+    target = math.ceil(p / 100.0 * cdf[-1] - 1e-9 * cdf[-1])  # integer rank (float noise in p/100 * n)
     j = int(np.searchsorted(cdf, target, side="left"))
     j = min(j, len(h) - 1)
     B = st.config.bins
@@ -284,7 +284,7 @@ def _amax_percentile(st: TensorStats) -> float:
     cdf = np.cumsum(h)
     if cdf[-1] == 0:
         return 0.0
-    target = st.config.percentile / 100.0 * cdf[-1]
+    target = math.ceil(st.config.percentile / 100.0 * cdf[-1] - 1e-9 * cdf[-1])
     j = int(np.searchsorted(cdf, target, side="left"))
     return (min(j, len(h) - 1) + 1) * st.bin_width
 

@@ -196,7 +196,7 @@ class _Linter:
         data = q.inputs[0]
         if s is not None:
             self._axis_checks(q, s, data)
-            if const_value(data) is None and s.size > 1:
+            if not self._const_derived(data) and s.size > 1:
                 self.err("L7", q.name, "per-channel quantization of an activation (TensorRT quantizes activations "
                                        "per tensor)", "use a scalar scale for activations")
             if data.dtype is not None and s.dtype != np.dtype(data.dtype) and self.opset >= 19:
@@ -237,7 +237,8 @@ class _Linter:
         if s is not None:
             shape = src.shape if isinstance(src, gs.Variable) else list(src.shape)
             self._axis_checks(dq, s, src if shape else None)
-            if const_value(src) is None and prod is not None and prod.op == "QuantizeLinear" and s.size > 1:
+            if const_value(src) is None and prod is not None and prod.op == "QuantizeLinear" and s.size > 1 \
+                    and not self._const_derived(prod.inputs[0]):
                 self.err("L7", dq.name, "per-channel DequantizeLinear of an activation", "use a scalar scale")
         if prod is None and const_value(src) is None:
             self.err("L11", dq.name, f"DequantizeLinear reads '{src.name}', which is neither a QuantizeLinear output "
@@ -421,6 +422,9 @@ class _Linter:
                 return False
             if p.op in WEIGHTED:
                 return True
+            if p.op == "DequantizeLinear" and p.inputs[0].inputs and p.inputs[0].inputs[0].op == "QuantizeLinear":
+                t = p.inputs[0].inputs[0].inputs[0]  # look through a Q/DQ pair
+                continue
             if p.op not in EPILOGUE or (p.op in ("Add", "Mul") and not any(const_value(i) is not None
                                                                            for i in p.inputs)):
                 return False

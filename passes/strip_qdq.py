@@ -1,0 +1,36 @@
+"""strip-qdq: remove QuantizeLinear/DequantizeLinear from a model to quantize it again.
+
+Activation Q->DQ pairs are bypassed (consumers read the float tensor again); pre-quantized weights
+(DequantizeLinear of a constant, per tensor, per channel or blocked) become float constants holding
+their dequantized values.  Use it as ``strip-qdq,calibrate,insert-qdq`` on a model that was already
+quantized (insert-qdq refuses such models otherwise, QC503).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from qcompiler.pm import Pass, PassResult, register_pass
+from qcompiler.quant.strip import strip_qdq
+
+
+@register_pass
+class StripQDQ(Pass):
+    """Remove Q/DQ nodes (dequantizing stored weights) so the model can be quantized again."""
+
+    name = "strip-qdq"
+    invalidates = frozenset({"calibrated", "quantized"})
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def call(self, graph: gs.Graph, ctx) -> PassResult:
+        counts = strip_qdq(graph)
+        changed = counts["pairs"] + counts["weights"]
+        if changed:
+            ctx.remark("QC503", f"stripped {counts['pairs']} activation Q/DQ pairs and {counts['weights']} quantized "
+                                "weights")
+        return PassResult(changed > 0, {k: v for k, v in counts.items() if v})

@@ -1,0 +1,156 @@
+"""Collection through onnxruntime: exact against numpy on real intermediates, per-channel, the
+calibrate pass (plan-driven tensors, cache hit/stale, batch-size independence) and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qcompiler.calib import CalibrationStats, ObserverConfig, as_data_source, collect
+from qcompiler.diagnostics import CalibrationError, FactOrderError
+from qcompiler.ir import copy_graph, load_model
+from qcompiler.pm import PassContext, run_pipeline
+from qcompiler.testing import run
+
+from ..builders import G
+
+
+def _model():
+    b = G(seed=1)
+    x = b.input("x", ["N", 3, 8, 8])
+    c1 = b.conv(x, 3, 8)
+    r1 = b.relu(c1)
+    c2 = b.conv(r1, 8, 8)
+    b.output(b.add(c2, r1))
+    return b.graph()
+
+
+def _intermediates(g, x, batch=6):
+    """All intermediate values via a copy with every tensor exposed, computed the way calibration
+    computes them (same onnxruntime optimization level and batches: convolution kernels may differ in
+    the last bit between levels and batch sizes)."""
+    h = copy_graph(g)
+    ts = h.tensors()
+    h.outputs = [ts[n.outputs[0].name] for n in h.nodes]
+    parts = [run(h, {"x": x[i:i + batch]}, opt_level="all") for i in range(0, len(x), batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_min_max_exact_per_tensor_and_per_channel():
+    g = _model()
+    x = np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    names = [n.outputs[0].name for n in g.nodes if n.op in ("Conv", "Relu")]
+    reqs = {names[0]: ObserverConfig("min_max"), names[1]: ObserverConfig("min_max"),
+            names[2]: ObserverConfig("min_max", axis=1)}
+    stats = collect(g, reqs, as_data_source({"x": x}, batch_size=6))
+    ref = _intermediates(g, x)
+    assert float(stats[names[0]].min) == float(ref[names[0]].min())
+    assert float(stats[names[0]].max) == float(ref[names[0]].max())
+    # Relu output: non-negative by construction, only ReduceMax runs; the lower bound is 0
+    assert float(stats[names[1]].min) == 0.0 and float(stats[names[1]].max) == float(ref[names[1]].max())
+    np.testing.assert_array_equal(stats[names[2]].max, ref[names[2]].max(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(stats[names[2]].min, ref[names[2]].min(axis=(0, 2, 3)))
+    assert stats[names[0]].count == 20
+
+
+def test_histogram_of_graph_input_and_intermediate():
+    g = _model()
+    x = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    name = next(n.outputs[0].name for n in g.nodes if n.op == "Conv")
+    stats = collect(g, {"x": ObserverConfig("percentile", percentile=99.0),
+                        name: ObserverConfig("percentile", percentile=99.0)}, as_data_source({"x": x}, batch_size=5))
+    ref = _intermediates(g, x, batch=5)[name]
+    assert stats["x"].hist.sum() == x.size and stats[name].hist.sum() == ref.size
+    from qcompiler.calib import compute_range
+
+    hi = float(compute_range(stats[name])[1])
+    # the sample at rank ceil(0.99 n) lies in the bin whose upper edge is the clip value
+    v = np.sort(np.abs(ref).ravel())[int(np.ceil(0.99 * ref.size)) - 1]
+    w = stats[name].bin_width
+    assert hi - w <= v < hi
+
+
+@pytest.fixture
+def resnet(zoo_model):
+    return zoo_model("resnet")
+
+
+@pytest.mark.parametrize("method", ["min_max", "entropy", "percentile", "mse"])
+def test_calibrate_pass_is_independent_of_batch_size(resnet, digits, method):
+    x = digits.calibration_samples(64)
+    results = []
+    for bs, data in ((1, x), (4, x), (32, x), (32, x[::-1].copy())):
+        g = load_model(resnet)
+        ctx = PassContext(calib_data=as_data_source({"input": data}, batch_size=bs))
+        run_pipeline(g, f"fold-bn,calibrate{{method={method}}}", ctx)
+        results.append({t: (float(np.min(st.range[0])), float(np.max(st.range[1])))
+                        for t, st in ctx.stats.tensors.items()})
+    assert all(r == results[0] for r in results[1:])
+    assert len(results[0]) >= 6
+
+
+def test_calibrate_observes_only_planned_tensors(resnet, digits):
+    g = load_model(resnet)
+    ctx = PassContext(calib_data=as_data_source({"input": digits.calibration_samples(16)}))
+    run_pipeline(g, "fold-bn,calibrate", ctx)
+    conv_inputs = {n.inputs[0].name for n in g.nodes if n.op == "Conv"}
+    assert set(ctx.stats.tensors) <= conv_inputs | {n.inputs[i].name for n in g.nodes if n.op == "Add" for i in (0, 1)}
+    assert "logits" not in ctx.stats.tensors
+
+
+def test_cache_hit_and_stale(tmp_path, resnet, digits):
+    cache = tmp_path / "stats.json"
+    x = digits.calibration_samples(32)
+
+    def go(data, method="entropy", pipe="fold-bn"):
+        g = load_model(resnet)
+        ctx = PassContext(calib_data=as_data_source({"input": data}), calib_cache=str(cache))
+        res = run_pipeline(g, f"{pipe},calibrate{{method={method}}}", ctx)
+        return res.records[-1].stats, ctx
+
+    first, _ = go(x)
+    assert first["cached"] == 0 and cache.exists()
+    saved = json.loads(cache.read_text())
+    second, ctx = go(x)
+    assert second["cached"] == 1
+    assert any(d.code == "QC404" and "reused" in d.message for d in ctx.diagnostics)
+    # only the range method changed: histograms are reused
+    third, _ = go(x, method="percentile")
+    assert third["cached"] == 1
+    # different data: stale, recalibrated, cache rewritten
+    fourth, ctx = go(x[:16])
+    assert fourth["cached"] == 0
+    assert any("stale" in d.message for d in ctx.diagnostics)
+    assert json.loads(cache.read_text())["key"] != saved["key"]
+    # a different graph (no fold-bn): stale too
+    fifth, _ = go(x[:16], pipe="cleanup")
+    assert fifth["cached"] == 0
+    assert CalibrationStats.load(cache).samples == 16
+
+
+def test_npz_cache_format(tmp_path, resnet, digits):
+    cache = tmp_path / "stats.npz"
+    for expect in (0, 1):
+        g = load_model(resnet)
+        ctx = PassContext(calib_data=as_data_source({"input": digits.calibration_samples(8)}), calib_cache=str(cache))
+        res = run_pipeline(g, "calibrate", ctx)
+        assert res.records[-1].stats["cached"] == expect
+
+
+def test_errors_before_work(resnet):
+    g = load_model(resnet)
+    with pytest.raises(CalibrationError, match="needs calibration data"):
+        run_pipeline(g, "calibrate", PassContext())
+    with pytest.raises(FactOrderError):
+        run_pipeline(g, "insert-qdq", PassContext())
+    with pytest.raises(FactOrderError, match="invalidates"):
+        run_pipeline(g, "calibrate,cle,insert-qdq", PassContext(allow_random_calibration=True))
+
+
+def test_random_calibration_only_when_allowed(resnet):
+    g = load_model(resnet)
+    ctx = PassContext(allow_random_calibration=True)
+    run_pipeline(g, "calibrate", ctx)
+    assert any(d.code == "QC407" for d in ctx.diagnostics)

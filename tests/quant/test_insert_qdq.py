@@ -1,0 +1,180 @@
+"""insert-qdq end to end: valid, lint-clean, runs in onnxruntime, matches the ONNX reference, deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.version_converter
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from qcompiler.api import compile_model
+from qcompiler.diagnostics import DiagnosticEngine, QCompilerError
+from qcompiler.ir import load_model
+from qcompiler.ir.query import op_histogram
+from qcompiler.quant.lint import lint_model
+from qcompiler.testing import random_feeds, run
+
+from ..builders import G
+
+DIGITS = ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer"]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, zoo):
+    """trt-int8 output of every digits zoo model (compiled once per test module)."""
+    out = {}
+    d = tmp_path_factory.mktemp("int8")
+    for name in DIGITS:
+        src = zoo.onnx_path(name)
+        calib = zoo.calibration_npz(name, 128)
+        dst = d / f"{name}.onnx"
+        compile_model(str(src), str(dst), "trt-int8", calib_data=str(calib))
+        out[name] = (src, dst, calib)
+    return out
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_valid_lint_clean_and_accurate(compiled, digits, name):
+    src, dst, _ = compiled[name]
+    onnx.checker.check_model(onnx.load(dst), full_check=True)
+    lint = lint_model(dst)
+    assert lint.n_errors == 0 and lint.n_warnings == 0, [d.render() for d in lint.findings]
+    m = onnx.load(dst)
+    assert m.ir_version <= 10 and m.opset_import[0].version >= 13
+    hist = op_histogram(load_model(dst))
+    assert hist.get("QuantizeLinear", 0) > 0 and hist.get("DequantizeLinear", 0) > hist["QuantizeLinear"]
+    fp32, int8 = digits.evaluate(str(src)), digits.evaluate(str(dst))
+    assert int8 >= fp32 - 0.5, (fp32, int8)
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer"])
+def test_qdq_numerics_match_onnx_reference(compiled, name):
+    """Every emitted Q/DQ pair and weight DQ gives, in onnxruntime (basic level), exactly what the ONNX
+    reference implementation gives on the same input; end to end the two runtimes differ only by
+    rounding flips, far below the quantization noise."""
+    from onnx import helper
+
+    from qcompiler.ir import copy_graph
+    from qcompiler.ir.query import const_value
+
+    _, dst, _ = compiled[name]
+    g = load_model(dst)
+    feeds = random_feeds(g, batch=2, seed=3)
+    h = copy_graph(g)
+    ts = h.tensors()
+    qs = [n for n in g.nodes if n.op == "QuantizeLinear"]
+    h.outputs = [ts[q.inputs[0].name] for q in qs]
+    inputs = run(h, feeds)
+    for q in qs:
+        dq = q.outputs[0].outputs[0]
+        scale, zp = const_value(q.inputs[1]), const_value(q.inputs[2])
+        model = helper.make_model(helper.make_graph(
+            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(zp, "z")]),
+            opset_imports=[helper.make_opsetid("", 19)])
+        model.ir_version = 9
+        x = inputs[q.inputs[0].name]
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        a = ort.InferenceSession(model.SerializeToString(), so).run(None, {"x": x})[0]
+        b = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(a, b, err_msg=dq.name)
+    m19 = onnx.version_converter.convert_version(onnx.load(dst), 19)
+    ref_out = ReferenceEvaluator(m19).run(None, feeds)[0]
+    ort_out = run(g, feeds, opt_level="basic")["logits"]
+    assert float(np.max(np.abs(ort_out - ref_out))) <= 0.01 * float(np.abs(ref_out).max())
+
+
+def test_byte_identical_when_run_twice(compiled, tmp_path):
+    src, dst, calib = compiled["mobilenetv2"]
+    again = tmp_path / "again.onnx"
+    compile_model(str(src), str(again), "trt-int8", calib_data=str(calib))
+    assert again.read_bytes() == dst.read_bytes()
+    rec = tmp_path / "again.onnx.recipe.json"
+    assert rec.exists() and '"recipe"' in rec.read_text()
+
+
+def test_fp8_pipeline(zoo, tmp_path):
+    src = zoo.onnx_path("conv1x1")
+    dst = tmp_path / "fp8.onnx"
+    diags = DiagnosticEngine()
+    compile_model(str(src), str(dst), "trt-fp8", calib_data=str(zoo.calibration_npz("conv1x1", 64)), diagnostics=diags)
+    m = onnx.load(dst)
+    assert m.opset_import[0].version == 19
+    assert any(d.code == "QC305" for d in diags)  # upgraded with a remark
+    types = {i.data_type for i in m.graph.initializer}
+    assert onnx.TensorProto.FLOAT8E4M3FN in types
+    lint = lint_model(dst, fp8=True)
+    assert lint.n_errors == 0, [d.render() for d in lint.findings]
+    out = run(load_model(dst), random_feeds(load_model(dst), batch=2), opt_level="basic")
+    assert np.isfinite(out["logits"]).all()
+
+
+def test_ort_int8_pipeline_runs_with_integer_kernels(zoo, tmp_path):
+    import onnxruntime as ort
+
+    src = zoo.onnx_path("resnet")
+    dst = tmp_path / "ort.onnx"
+    compile_model(str(src), str(dst), "ort-int8", calib_data=str(zoo.calibration_npz("resnet", 64)))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(dst), so)
+    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert "QLinearConv" in ops, ops
+
+
+def test_existing_qdq_refused_then_requantized(compiled, tmp_path):
+    src, dst, calib = compiled["resnet"]
+    with pytest.raises(QCompilerError) as info:
+        compile_model(str(dst), str(tmp_path / "x.onnx"), "calibrate,insert-qdq", calib_data=str(calib))
+    assert info.value.code == "QC503"
+    assert not (tmp_path / "x.onnx").exists()
+    out = tmp_path / "re.onnx"
+    compile_model(str(dst), str(out), "strip-qdq,calibrate,insert-qdq,cleanup", calib_data=str(calib))
+    assert lint_model(out).n_errors == 0
+
+
+def test_weights_qdq_mode(zoo, tmp_path):
+    dst = tmp_path / "qdq.onnx"
+    compile_model(str(zoo.onnx_path("resnet")), str(dst), "trt-int8{weights=qdq}",
+                  calib_data=str(zoo.calibration_npz("resnet", 32)))
+    g = load_model(dst)
+    hist = op_histogram(g)
+    assert hist["QuantizeLinear"] == hist["DequantizeLinear"]  # every weight has its own Q
+    assert lint_model(dst).n_errors == 0
+
+
+def test_old_opset_is_upgraded(tmp_path):
+    b = G(opset=11)
+    x = b.input("x", [1, 16, 8, 8])
+    b.output(b.relu(b.conv(b.relu(b.conv(x, 16, 16)), 16, 16)))
+    src = tmp_path / "op11.onnx"
+    onnx.save(b.model(ir=6), src)
+    dst = tmp_path / "q.onnx"
+    diags = DiagnosticEngine()
+    compile_model(str(src), str(dst), "calibrate,insert-qdq", allow_random_calibration=True, diagnostics=diags)
+    assert onnx.load(dst).opset_import[0].version == 13
+    assert any(d.code == "QC305" and "opset 11 to 13" in d.message for d in diags)
+    assert lint_model(dst).n_errors == 0
+
+
+def test_w4_and_fractional_weights(zoo, tmp_path):
+    for dtype in ("s4", "s7.7"):
+        rp = tmp_path / f"{dtype}.yaml"
+        rp.write_text(f"global:\n  weight: {{dtype: '{dtype}', qscheme: per_channel_symmetric}}\n")
+        dst = tmp_path / f"{dtype}.onnx"
+        compile_model(str(zoo.onnx_path("resnet")), str(dst), "trt-int8", config=str(rp),
+                      calib_data=str(zoo.calibration_npz("resnet", 32)))
+        m = onnx.load(dst)
+        ints = [onnx.numpy_helper.to_array(t) for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8
+                and len(t.dims) == 4]
+        top = 7 if dtype == "s4" else 102
+        assert ints and max(int(np.abs(a).max()) for a in ints) <= top
+        assert lint_model(dst).n_errors == 0

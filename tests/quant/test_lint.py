@@ -1,0 +1,170 @@
+"""lint-trt flags each deliberately broken graph with the right rule, and passes a clean one."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qcompiler.cli import main
+from qcompiler.ir import import_model
+from qcompiler.quant.lint import lint_graph
+
+
+def _t(name, arr):
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def base(**kw):
+    """x -> Q/DQ -> Conv(DQ(int8 W, axis 0), float bias) -> Relu -> y, with switches to break it."""
+    opset = kw.get("opset", 13)
+    rng = np.random.default_rng(0)
+    wq = rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)
+    inits = [_t("s_x", np.float32(0.05)), _t("z_x", kw.get("zp_x", np.int8(0))),
+             _t("w_q", kw.get("wq", wq)), _t("w_s", kw.get("w_scale", np.full(16, 0.01, np.float32))),
+             _t("w_z", np.zeros(16, np.int8)), _t("bias", np.zeros(16, np.float32))]
+    q_inputs = ["x", "s_x", "z_x"] if not kw.get("no_zp") else ["x", "s_x"]
+    nodes = [helper.make_node("QuantizeLinear", q_inputs, ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", q_inputs[:1] and ["xq"] + q_inputs[1:], ["xd"], name="dq_x")]
+    w_axis = {} if kw.get("no_axis") else {"axis": kw.get("w_axis", 0)}
+    nodes.append(helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="dq_w", **w_axis))
+    w_in = "w"
+    if kw.get("cast"):
+        nodes.append(helper.make_node("Cast", ["w"], ["w_c"], to=TensorProto.FLOAT, name="cast_w"))
+        w_in = "w_c"
+    b_in = "bias"
+    if kw.get("int32_bias"):
+        inits += [_t("b_q", np.zeros(16, np.int32)), _t("b_s", np.full(16, 1e-4, np.float32))]
+        nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b_dq"], name="dq_b", axis=0))
+        b_in = "b_dq"
+    nodes.append(helper.make_node("Conv", ["xd", w_in, b_in], ["c"], name="conv", pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Relu", ["c"], ["y"], name="relu"))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])]
+    if kw.get("dangling_q"):
+        nodes.append(helper.make_node("QuantizeLinear", ["y", "s_x", "z_x"], ["yq"], name="q_dangling"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = kw.get("ir", 7)
+    return m
+
+
+def rules(m, fp8=False, severity="error"):
+    res = lint_graph(import_model(m), fp8=fp8)
+    from qcompiler.diagnostics import Severity
+
+    sev = Severity.ERROR if severity == "error" else Severity.WARNING
+    return {d.rule for d in res.findings if d.severity == sev}
+
+
+def test_clean_graph_passes():
+    res = lint_graph(import_model(base()))
+    assert res.n_errors == 0 and res.n_warnings == 0, [d.render() for d in res.findings]
+
+
+@pytest.mark.parametrize("kw,rule", [
+    ({"zp_x": np.uint8(0)}, "L3"),                                   # uint8 zero point (R2)
+    ({"no_zp": True}, "L3"),                                          # missing zero point (R4)
+    ({"zp_x": np.int8(3)}, "L4"),                                     # non-zero zero point (R3)
+    ({"w_axis": 1}, "L8"),                                            # wrong weight axis (R9)
+    ({"no_axis": True}, "L6"),                                        # per-channel without axis (R7)
+    ({"int32_bias": True}, "L10"),                                    # quantized bias (R11)
+    ({"w_scale": np.concatenate([np.zeros(1), np.full(15, 0.01)]).astype(np.float32)}, "L5"),  # zero scale
+    ({"w_scale": np.full(16, -0.01, np.float32)}, "L5"),              # negative scale
+    ({"cast": True}, "L9"),                                           # Cast between DQ and weight (R10)
+    ({"dangling_q": True}, "L11"),                                    # Q without DQ
+    ({"ir": 14}, "L2"),                                               # IR too new
+    ({"w_scale": np.full(8, 0.01, np.float32)}, "L6"),                # wrong number of scales
+])
+def test_broken_graphs_are_flagged(kw, rule):
+    m = base(**kw)
+    found = rules(m) | rules(m, severity="warning")
+    assert rule in found, found
+
+
+def test_fp8_below_opset_19():
+    m = base()
+    for t in m.graph.initializer:
+        if t.name == "z_x":
+            t.CopyFrom(numpy_helper.from_array(np.zeros((), ml_dtypes.float8_e4m3fn), "z_x"))
+    assert "L2" in rules(m)
+
+
+def test_per_channel_activation():
+    m = base()
+    for t in m.graph.initializer:
+        if t.name == "s_x":
+            t.CopyFrom(_t("s_x", np.full(16, 0.05, np.float32)))
+        if t.name == "z_x":
+            t.CopyFrom(_t("z_x", np.zeros(16, np.int8)))
+    for n in m.graph.node:
+        if n.name in ("q_x", "dq_x"):
+            n.attribute.append(helper.make_attribute("axis", 1))
+    assert "L7" in rules(m)
+
+
+def test_integer_operator_style_ops():
+    m = base()
+    m.graph.node.append(helper.make_node("DynamicQuantizeLinear", ["y"], ["a", "b", "c"], name="dql"))
+    assert "L1" in rules(m)
+
+
+def test_weights_with_minus_128_warn():
+    wq = np.full((16, 16, 3, 3), -128, np.int8)
+    assert "L13" in rules(base(wq=wq), severity="warning")
+
+
+def _residual(both: bool):
+    rng = np.random.default_rng(1)
+    nodes, inits = [], [_t("s", np.float32(0.05)), _t("z", np.int8(0)),
+                        _t("wq", rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)),
+                        _t("ws", np.full(16, 0.01, np.float32)), _t("wz", np.zeros(16, np.int8))]
+    nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
+              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
+              helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dqw", axis=0),
+              helper.make_node("Conv", ["xd", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    branch = "c"
+    if both:
+        nodes += [helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
+                  helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dqc")]
+        branch = "cd"
+    nodes += [helper.make_node("Add", [branch, "xd"], ["a"], name="add"),
+              helper.make_node("Relu", ["a"], ["r"], name="relu"),
+              helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="qr"),
+              helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"], name="dqr"),
+              helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w2"], name="dqw2", axis=0),
+              helper.make_node("Conv", ["rd", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    return m
+
+
+def test_residual_with_both_inputs_quantized_warns():
+    assert "L17" in rules(_residual(both=True), severity="warning")
+    assert "L17" not in rules(_residual(both=False), severity="warning")
+
+
+def test_qdq_on_graph_output_warns():
+    m = base()
+    m.graph.node.extend([helper.make_node("QuantizeLinear", ["y", "s_x", "z_x"], ["yq2"], name="qo"),
+                         helper.make_node("DequantizeLinear", ["yq2", "s_x", "z_x"], ["yout"], name="dqo")])
+    m.graph.output.append(helper.make_tensor_value_info("yout", TensorProto.FLOAT, [1, 16, 8, 8]))
+    assert "L20" in rules(m, severity="warning")
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    onnx.save(base(), good)
+    onnx.save(base(zp_x=np.uint8(0)), bad)
+    assert main(["lint-trt", str(good)]) == 0
+    assert main(["lint-trt", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "L3" in out and "q_x" in out and "hint:" in out
+    assert main(["lint-trt", str(bad), "--format", "json"]) == 1
+    onnx.save(base(wq=np.full((16, 16, 3, 3), -128, np.int8)), tmp_path / "warn.onnx")
+    assert main(["lint-trt", str(tmp_path / "warn.onnx")]) == 0
+    assert main(["lint-trt", str(tmp_path / "warn.onnx"), "--Werror"]) == 1

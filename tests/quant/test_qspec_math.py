@@ -1,0 +1,128 @@
+"""Quantization math against the ONNX reference implementation (onnx.reference) and onnxruntime."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from qcompiler.diagnostics import RecipeError
+from qcompiler.quant.emit import activation_qparams, dequantize_weight, quantize_weight, weight_qparams
+from qcompiler.quant.qspec import QSpec, fake_quant, normalize_dtype, parse_qspec
+
+
+def _qdq_model(scale, zp, axis=None, opset=19, block=None):
+    """(onnx.reference implements Q/DQ from opset 19; int8 semantics are those of opset 13)"""
+    attrs = {} if axis is None else {"axis": axis}
+    if block:
+        attrs["block_size"] = block
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **attrs)
+    dq = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attrs)
+    g = helper.make_graph([q, dq], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("q", onnx.helper.np_dtype_to_tensor_dtype(zp.dtype), None)],
+                          [onnx.numpy_helper.from_array(np.asarray(scale, np.float32), "s"),
+                           onnx.numpy_helper.from_array(zp, "z")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 9
+    return m
+
+
+def test_round_half_to_even_and_saturation_match_reference():
+    x = np.array([-200, -128.5, -127.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 126.5, 127.5, 200], np.float32)
+    ref = ReferenceEvaluator(_qdq_model(np.float32(1.0), np.int8(0)))
+    y_ref, q_ref = ref.run(None, {"x": x})
+    np.testing.assert_array_equal(fake_quant(x, 1.0, 0, -128, 127), y_ref)
+    np.testing.assert_array_equal(q_ref, [-128, -128, -128, -2, -2, 0, 0, 2, 2, 126, 127, 127])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-50, 50, width=32), min_size=1, max_size=64), st.floats(0.01, 2.0),
+       st.sampled_from(["s8", "u8"]), st.integers(-20, 20))
+def test_activation_qdq_matches_reference_and_error_bound(values, amax_frac, dtype, shift):
+    x = np.asarray(values, np.float32)
+    lo, hi = float(x.min()) * amax_frac, float(x.max()) * amax_frac
+    spec = QSpec(dtype, "per_tensor_symmetric" if dtype == "s8" else "per_tensor_affine")
+    q = activation_qparams(spec, lo, hi)
+    ref = ReferenceEvaluator(_qdq_model(q.scale, q.zero_point)).run(None, {"x": x})[0]
+    ours = fake_quant(x, q.scale, q.zero_point.astype(np.float64), q.qmin, q.qmax)
+    np.testing.assert_array_equal(ours, ref)
+    inside = (x >= q.qmin * q.scale - q.zero_point * 0) & (ref == ours)
+    s = float(q.scale)
+    z = float(q.zero_point)
+    lo_r, hi_r = (q.qmin - z) * s, (q.qmax - z) * s
+    m = (x >= lo_r) & (x <= hi_r)
+    assert np.all(np.abs(x[m & inside] - ref[m & inside]) <= s / 2 + 1e-6 * max(1.0, abs(s)))
+
+
+@pytest.mark.parametrize("dtype", ["s8", "s4", "s6", "s7.7"])
+@pytest.mark.parametrize("axis", [0, 1, None])
+def test_weight_quantization_matches_reference(dtype, axis):
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    spec = QSpec(dtype, "per_channel_symmetric" if axis is not None else "per_tensor_symmetric")
+    q = weight_qparams(W, spec, axis)
+    qi = quantize_weight(W, q)
+    assert qi.dtype == np.int8
+    lo, hi = spec.grid(narrow=True)
+    assert qi.min() >= lo and qi.max() <= hi and -qi.min() <= hi  # narrow grid: never -2^(b-1)
+    if dtype == "s8":
+        assert hi == 127 and lo == -127
+    # the DQ in onnx.reference gives what dequantize_weight gives
+    m = _qdq_model(q.scale, q.zero_point, axis=axis if axis is not None else None)
+    dq_only = helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **({"axis": axis} if axis is not None else {}))],
+        "g", [helper.make_tensor_value_info("q", onnx.TensorProto.INT8, None)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(q.scale, "s"), onnx.numpy_helper.from_array(q.zero_point, "z")]),
+        opset_imports=[helper.make_opsetid("", 19)])
+    del m
+    ref = ReferenceEvaluator(dq_only).run(None, {"q": qi})[0]
+    np.testing.assert_allclose(dequantize_weight(qi, q), ref, rtol=1e-6, atol=1e-7)
+    # the error of every weight is at most half a step of its channel
+    step = q.scale if axis is None else q.scale.reshape([-1 if i == axis else 1 for i in range(4)])
+    assert np.all(np.abs(W - ref) <= step / 2 + 1e-6)
+
+
+def test_fractional_width_grid():
+    assert QSpec("s7.7").grid(narrow=False) == (-103, 102)  # floor(2^6.7) = 103
+    assert QSpec("s7.7").grid(narrow=True) == (-102, 102)
+    assert QSpec("s4").grid(narrow=False) == (-8, 7)
+    assert QSpec("u8", "per_tensor_affine").grid(narrow=False) == (0, 255)
+
+
+def test_fp8_weights_match_ml_dtypes_and_reference():
+    rng = np.random.default_rng(2)
+    W = (rng.standard_normal((4, 6)) * 3).astype(np.float32)
+    spec = QSpec("fp8e4m3", "per_channel_symmetric")
+    q = weight_qparams(W, spec, 0)
+    qi = quantize_weight(W, q)
+    assert qi.dtype == ml_dtypes.float8_e4m3fn
+    assert np.max(np.abs(qi.astype(np.float32))) <= 448
+    m = _qdq_model(q.scale, np.zeros(4, ml_dtypes.float8_e4m3fn), axis=0, opset=19)
+    y = ReferenceEvaluator(m).run(None, {"x": W})[0]
+    np.testing.assert_allclose(dequantize_weight(qi, q), y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad,fragment", [("s9", "2 to 8"), ("q8", "unknown dtype"), ("u7.5", "fractional"),
+                                          ("int12", "unknown dtype")])
+def test_bad_dtypes(bad, fragment):
+    with pytest.raises(RecipeError, match=fragment):
+        normalize_dtype(bad, "recipe")
+
+
+def test_parse_qspec_forms():
+    assert parse_qspec("float", "x", weight=True) is None
+    s = parse_qspec({"dtype": "int8", "qscheme": "per_tensor_affine", "observer": "kl"}, "x", weight=False)
+    assert s.dtype == "s8" and s.observer == "entropy" and not s.symmetric
+    s = parse_qspec({"dtype": "s4", "block_size": 32}, "x", weight=True)
+    assert s.per_block and s.storage == "int4"
+    with pytest.raises(RecipeError, match="did you mean 'qscheme'"):
+        parse_qspec({"qschem": "per_tensor_symmetric"}, "x", weight=True)
+    with pytest.raises(RecipeError, match="unknown qscheme"):
+        parse_qspec({"qscheme": "per_row"}, "x", weight=True)
