@@ -57,7 +57,8 @@ class Calibrate(Pass):
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
                              choices=("auto", "tensorrt", "onnxruntime"))
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
-        hist_sample: int = option(1, "histogram every k-th element (faster on big activations; 1 = all)", min=1)
+        hist_sample: int = option(0, "histogram every k-th element of each sample (0: auto, at most 8192 per sample "
+                                     "and tensor; 1: all); the choice never depends on the batch size", min=0)
         random_samples: int = option(32, "samples of random data when calibrating without data "
                                          "(only with allow-random-calibration)", min=1)
 

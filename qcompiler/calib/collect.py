@@ -1,11 +1,11 @@
 """Streaming statistics collection through one onnxruntime session.
 
-The model is augmented, not copied tensor by tensor into Python:
-
-* min/max observers (``min_max``, ``moving_average``) add ``ReduceMin``/``ReduceMax`` nodes (over all
-  axes, or all but the channel axis) so only a few numbers per tensor leave onnxruntime;
-* histogram observers expose the tensor itself; it is read through ``run_with_ort_values`` (no copy),
-  histogrammed, and dropped.
+The observed tensors become outputs of a copy of the model and are read through
+``run_with_ort_values`` (numpy views of onnxruntime's buffers, no copy); min/max (per tensor or per
+channel) and, for histogram observers, a histogram are computed on them and they are dropped.
+Tensors that are non-negative by construction (Relu outputs, ...) only need their max.  (In-graph
+ReduceMin/ReduceMax nodes were measured too: they cost more than exposing on the benchmark models,
+docs/benchmarks.md.)
 
 The model's own outputs are removed from the augmented graph, so onnxruntime runs only what the
 statistics need.  Per batch, the memory held is one batch of inputs, the session's working set and
@@ -21,7 +21,6 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
-from ..ir.edit import Namer
 from ..ir.io import copy_graph
 from ..ir.query import known_nonnegative, rank
 from ..ir.runtime import Session
@@ -30,53 +29,45 @@ from .data import CalibData
 from .observers import ObserverConfig, TensorStats
 
 
+#: ``hist_sample=0`` (auto): histogram at most this many elements of each sample of each tensor
+AUTO_SAMPLE_CAP = 1 << 13
+
+
 @dataclass
 class CollectOptions:
     batch_size: int | None = None
     threads: int | None = None
     opt_level: str = "all"
-    hist_sample: int = 1  # histogram every k-th element (1: all)
+    hist_sample: int = 0  # histogram every k-th element of each sample (0: auto, 1: all)
     progress: bool = False
+
+
+def sample_view(x: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The elements of each sample that go into the histogram: every k-th element *within each sample*
+    (k = 0: the smallest stride keeping at most AUTO_SAMPLE_CAP per sample).  The selection depends only on
+    the sample, never on how samples are batched, so histograms stay identical for any batch size."""
+    if n <= 0 or x.ndim == 0 or x.shape[0] != n:
+        return x.reshape(-1)
+    per = x.reshape(n, -1)
+    if k == 0:
+        k = max(1, -(-per.shape[1] // AUTO_SAMPLE_CAP))
+    return per if k == 1 else per[:, ::k]
 
 
 @dataclass
 class _Probe:
     name: str
     cfg: ObserverConfig
-    mode: str  # reduce | expose | input
-    outputs: tuple[str | None, ...] = ()
-
-
-def _reduce_nodes(g: gs.Graph, t: gs.Tensor, axis: int | None, names: Namer, opset: int) -> tuple[str | None, str]:
-    """ReduceMin/ReduceMax outputs for ``t``.  Tensors that are non-negative by construction (Relu, ...)
-    get only ReduceMax: their lower bound is 0 (ranges always include 0), which halves the cost."""
-    outs = []
-    ops = ("ReduceMax",) if known_nonnegative(t) else ("ReduceMin", "ReduceMax")
-    for op in ops:
-        out = gs.Variable(names(f"__qc_{op[6:].lower()}_{t.name}"), dtype=np.float32)
-        attrs = {"keepdims": 0}
-        inputs = [t]
-        if axis is not None:
-            r = rank(t)
-            axes = [i for i in range(r) if i != axis % r]
-            if opset >= 18:
-                inputs = [t, gs.Constant(names("__qc_axes"), np.asarray(axes, dtype=np.int64))]
-            else:
-                attrs["axes"] = axes
-        g.nodes.append(gs.Node(op, names(f"__qc_{op}"), attrs=attrs, inputs=inputs, outputs=[out]))
-        outs.append(out)
-    g.outputs.extend(outs)
-    if len(outs) == 1:
-        return None, outs[0].name
-    return outs[0].name, outs[1].name
+    mode: str  # expose | input
+    nonneg: bool = False  # >= 0 by construction: only the max is computed, the lower bound is 0
 
 
 def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> tuple[gs.Graph, list[_Probe]]:
+    """A copy of the graph whose outputs are the observed tensors (the model's own outputs are dropped, so
+    onnxruntime runs only what the statistics need)."""
     g = copy_graph(graph)
     tensors = g.tensors()
     inputs = {t.name for t in g.inputs}
-    names = Namer(g)
-    opset = int(g.opset or 13)
     need_rank = [n for n, c in requests.items() if c.axis is not None and n in tensors and rank(tensors[n]) is None]
     if need_rank:
         infer_shapes(g)
@@ -96,22 +87,22 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
                                    "could not find", code="QC405", hint="fix input dims with --input-shape")
         if name in inputs:
             probes.append(_Probe(name, cfg, "input"))
-        elif cfg.needs_hist():
-            g.outputs.append(t)
-            probes.append(_Probe(name, cfg, "expose", (name,)))
         else:
-            probes.append(_Probe(name, cfg, "reduce", _reduce_nodes(g, t, cfg.axis, names, opset)))
+            g.outputs.append(t)
+            probes.append(_Probe(name, cfg, "expose", known_nonnegative(t)))
     if not g.outputs:  # only graph inputs observed: keep something to run
         g.outputs = [g.tensors()[o.name] for o in graph.outputs]
     g.cleanup(remove_unused_graph_inputs=False)
     return g, probes
 
 
-def _np_minmax(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _np_minmax(x: np.ndarray, axis: int | None, nonneg: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if axis is None:
-        return np.asarray(x.min(), np.float64), np.asarray(x.max(), np.float64)
+        mx = np.asarray(x.max(), np.float64)
+        return (np.zeros_like(mx) if nonneg else np.asarray(x.min(), np.float64)), mx
     axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
-    return x.min(axis=axes).astype(np.float64), x.max(axis=axes).astype(np.float64)
+    mx = x.max(axis=axes).astype(np.float64)
+    return (np.zeros_like(mx) if nonneg else x.min(axis=axes).astype(np.float64)), mx
 
 
 def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibData, *,
@@ -150,26 +141,15 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
             t_run += tb - ta
             for p in probes:
                 st = stats[p.name]
-                if p.mode == "reduce":
-                    mx = vals[index[p.outputs[1]]].numpy()
-                    mn = np.zeros_like(mx) if p.outputs[0] is None else vals[index[p.outputs[0]]].numpy()
-                    if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
-                        raise CalibrationError(f"tensor '{p.name}' takes non-finite values on the batch starting at "
-                                               f"sample {first}", code="QC406",
-                                               hint="the model overflows or divides by zero on this data")
-                    st.update_minmax(mn, mx, n)
-                    continue
-                x = feeds[p.name] if p.mode == "input" else vals[index[p.outputs[0]]].numpy()
-                mn, mx = _np_minmax(x, p.cfg.axis)
+                x = feeds[p.name] if p.mode == "input" else vals[index[p.name]].numpy()  # no copy
+                mn, mx = _np_minmax(x, p.cfg.axis, p.nonneg)
                 if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
                     raise CalibrationError(f"tensor '{p.name}' takes non-finite values on the batch starting at "
-                                           f"sample {first}", code="QC406")
+                                           f"sample {first}", code="QC406",
+                                           hint="the model overflows or divides by zero on this data")
                 st.update_minmax(mn, mx, n)
                 if p.cfg.needs_hist():
-                    flat = x.reshape(-1)
-                    if opts.hist_sample > 1:
-                        flat = flat[:: opts.hist_sample]
-                    st.update_hist(flat, float(np.min(mn)), float(np.max(mx)))
+                    st.update_hist(sample_view(x, n, opts.hist_sample), float(np.min(mn)), float(np.max(mx)))
             del vals
             t_stats += time.perf_counter() - tb
             samples += n

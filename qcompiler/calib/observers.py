@@ -137,12 +137,13 @@ class TensorStats:
             self.hist = _rebin(self.hist, e - self.hist_exp, B)
             self.hist_exp = e
         if x.size:
+            # (x may be a strided view: every k-th element of each sample)
             # scale = B / R with R a power of two: the same rounding of x*B happens whatever R is, and
             # floor(floor(a / 2^e) / 2^k) == floor(a / 2^(e+k)), so re-binning later is exact
             scale = math.ldexp(float(B), -self.hist_exp)
             y = np.multiply(x, x.dtype.type(scale))
             np.floor(y, out=y)
-            idx = y.astype(np.int32).ravel()
+            idx = y.astype(np.int32).reshape(-1)
             idx += B  # in [0, 2B): |x| <= amax < R by construction of R
             np.clip(idx, 0, 2 * B - 1, out=idx)  # only guards against mn/mx given wrongly by a caller
             self.hist += np.bincount(idx, minlength=2 * B)[: 2 * B]

@@ -8,9 +8,7 @@ docs/tensorrt.md, "onnxruntime as an oracle").
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +16,6 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from ..diagnostics import QCompilerError
-from .io import save_model, serialize_for_runtime
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -38,22 +35,79 @@ def session_options(opt_level: str = "basic", threads: int | None = None) -> ort
     return so
 
 
+#: initializers at least this large are handed to onnxruntime as OrtValues (no protobuf copy)
+EXTERNAL_MIN_BYTES = 4096
+_NATIVE = {np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16,
+                                 np.int32, np.uint32, np.int64, np.uint64, np.bool_)}
+
+
+_NATIVE_ONNX = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}  # float, (u)int8..64, bool, fp16, double
+
+
+def _light_model(graph: gs.Graph) -> tuple[bytes, list[str], list[np.ndarray]]:
+    """The model serialized without the bytes of its large initializers, plus those arrays.
+
+    Large weights are exported as stubs marked external; onnxruntime receives the numpy arrays through
+    ``SessionOptions.add_external_initializers`` (zero copy).  This avoids two copies of every weight
+    (into the protobuf, then its serialization) and works for models over 2 GB."""
+    import onnx
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from .io import export_model
+
+    swapped: list[tuple[gs.Constant, object]] = []
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    try:
+        for t in graph.tensors().values():
+            if not isinstance(t, gs.Constant):
+                continue
+            v = t._values
+            from_file = hasattr(v, "file")  # external data of the source model: always materialize
+            nbytes = getattr(v, "nbytes", 0)
+            if nbytes < EXTERNAL_MIN_BYTES and not from_file:
+                continue
+            if isinstance(v, LazyValues) and not from_file and v.tensor.data_type not in _NATIVE_ONNX:
+                continue  # an fp8/int4/... proto: keep it inline
+            arr = np.ascontiguousarray(t.values)
+            if arr.dtype not in _NATIVE:
+                if from_file:
+                    swapped.append((t, v))
+                    t._values = arr  # inline for this export
+                continue
+            stub = onnx.TensorProto()
+            stub.name = t.name
+            stub.data_type = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
+            stub.dims.extend(arr.shape)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            for k, val in (("location", "__qc_in_memory__"), ("offset", "0"), ("length", str(arr.nbytes))):
+                e = stub.external_data.add()
+                e.key, e.value = k, val
+            swapped.append((t, v))
+            t._values = LazyValues(stub)
+            names.append(t.name)
+            arrays.append(arr)
+        model = export_model(graph)
+    finally:
+        for t, v in swapped:
+            t._values = v
+    return model.SerializeToString(deterministic=True), names, arrays
+
+
 class Session:
-    """An onnxruntime InferenceSession over a graph, created from memory (or a temp dir if > 2 GB)."""
+    """An onnxruntime InferenceSession over a graph.  Weights reach onnxruntime as OrtValues (no copy)."""
 
     def __init__(self, graph: gs.Graph, *, opt_level: str = "basic", threads: int | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",), so: ort.SessionOptions | None = None):
         self._tmpdir = None
         so = so or session_options(opt_level, threads)
-        blob = serialize_for_runtime(graph)
         try:
-            if blob is not None:
-                self.sess = ort.InferenceSession(blob, so, providers=list(providers))
-            else:
-                self._tmpdir = tempfile.mkdtemp(prefix="qc-ort-")
-                path = os.path.join(self._tmpdir, "model.onnx")
-                save_model(graph, path, external_data="always")
-                self.sess = ort.InferenceSession(path, so, providers=list(providers))
+            blob, names, arrays = _light_model(graph)
+            self._arrays = arrays  # must outlive the session
+            if names:
+                self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+                so.add_external_initializers(names, self._values)
+            self.sess = ort.InferenceSession(blob, so, providers=list(providers))
         except QCompilerError:
             raise
         except Exception as exc:

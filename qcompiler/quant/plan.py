@@ -190,6 +190,23 @@ def _fused_input(add: gs.Node, a: int, b: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _kind(dtype) -> str:
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:  # an ONNX type without a numpy equivalent (fp8 held as a proto)
+        return "V"
+
+
+@dataclass(frozen=True)
+class _WeightInfo:
+    shape: tuple
+    dtype: object
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 class _Planner:
     def __init__(self, graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None):
         self.g = graph
@@ -262,7 +279,8 @@ class _Planner:
                 self.note_float(n, "the recipe says float")
                 continue
             src = const_source(n.inputs[1])
-            W = const_value(n.inputs[1])
+            # shape and dtype are enough here: do not read (possibly external) weight values
+            W = _WeightInfo(src.shape, src.dtype) if src is not None else const_value(n.inputs[1])
             if W is None:
                 if n.op == "MatMul":
                     if not quant_bmm:
@@ -276,7 +294,7 @@ class _Planner:
                     continue
                 self.note_float(n, f"its weight '{n.inputs[1].name}' is not a constant")
                 continue
-            if W.dtype.kind != "f":
+            if _kind(W.dtype) != "f":
                 self.note_float(n, f"its weight is already {W.dtype}")
                 continue
             if skip_small:

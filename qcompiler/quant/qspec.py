@@ -238,7 +238,10 @@ def affine_params(lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int) -> tuple
 
 
 def quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | int, qmin: int, qmax: int) -> np.ndarray:
-    return np.clip(round_half_even(np.asarray(x, np.float64) / scale) + zp, qmin, qmax)
+    """ONNX QuantizeLinear: x / scale in float32 (as onnxruntime and the reference do), round half to even,
+    add the zero point, saturate."""
+    q = round_half_even(np.asarray(x, np.float32) / np.asarray(scale, np.float32)).astype(np.float64)
+    return np.clip(q + np.asarray(zp, np.float64), qmin, qmax)
 
 
 def fake_quant(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | int, qmin: int, qmax: int) -> np.ndarray:

@@ -1,0 +1,640 @@
+#!/usr/bin/env python
+"""Benchmark qcompiler against onnxruntime.quantization (and NVIDIA ModelOpt when it runs here).
+
+Every measurement runs in its own process (peak RSS is that process's), and both sides are
+measured in the same invocation, so the ratios compare like with like.
+
+    python tools/bench.py --quick                      # a few minutes on 2 cores
+    python tools/bench.py                              # the full run behind docs/benchmarks.md
+    python tools/bench.py --sections accuracy,latency --models resnet,mobilenetv2
+
+Sections:
+  accuracy  digits-trained zoo models: top-1 and logits SQNR vs FP32 for qcompiler's pipelines and
+            quantize_static (QDQ, per-channel, symmetric activations, MinMax/Entropy/Percentile);
+            wall time, peak RSS, Q/DQ counts, lint-trt findings of every output
+  calib     ResNet-50-sized model: calibration time / plain onnxruntime inference over the same samples,
+            peak RSS, at several sample counts (memory must stay flat for qcompiler)
+  compile   compile time without calibration (statistics cached) on graphs of 1x, 4x, 16x the node count
+  latency   onnxruntime CPU latency (median) of FP32, qcompiler trt-int8 / ort-int8 and quantize_static outputs
+  cle       CLE per-layer range spread and per-tensor int8 weight SQNR; per-tensor/4-bit weight accuracy
+  recovery  bias correction, mixed precision, AdaRound/LSQ when those passes exist
+
+Output: a Markdown report on stdout (and --md FILE) and all numbers as JSON (--json FILE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer"]
+QUICK_DIGITS = ["resnet", "mobilenetv2", "transformer"]
+MODELOPT_PY = os.environ.get("QCOMPILER_MODELOPT_PYTHON", "/tmp/mo-venv/bin/python")
+
+
+# ------------------------------------------------------------------------------------------------
+# worker side: one measurement per process
+# ------------------------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def eval_model(fp32: str, q: str, digits_model: bool, eval_npz: str | None = None) -> dict:
+    from qcompiler.ir import load_model
+    from qcompiler.ir.runtime import Session
+    from qcompiler.testing import sqnr_db
+
+    if digits_model:
+        from qcompiler.zoo import digits
+
+        d = digits.load()
+        x, y = d["x_test"], d["y_test"]
+    else:
+        x, y = np.load(eval_npz)["input"], None
+    a = Session(load_model(fp32), opt_level="basic").run({"input": x})[0]
+    b = Session(load_model(q), opt_level="basic").run({"input": x})[0]
+    out = {"sqnr_db": round(sqnr_db(a, b), 2)}
+    if y is not None:
+        out["top1_fp32"] = round(100.0 * float(np.mean(a.argmax(1) == y)), 2)
+        out["top1"] = round(100.0 * float(np.mean(b.argmax(1) == y)), 2)
+    return out
+
+
+def model_facts(path: str) -> dict:
+    from qcompiler.inspection import inspect_model
+    from qcompiler.quant.lint import lint_model
+
+    info = inspect_model(path)
+    lint = lint_model(path)
+    return {"q": info.qdq["quantize"], "dq": info.qdq["dequantize"], "lint_errors": lint.n_errors,
+            "lint_warnings": lint.n_warnings, "lint_rules": sorted({d.rule for d in lint.findings if d.rule}),
+            "bytes": os.path.getsize(path)}
+
+
+class NpzReader:
+    """onnxruntime CalibrationDataReader over an .npz (batches of ``batch``)."""
+
+    def __init__(self, path: str, batch: int = 8, name: str = "input"):
+        self.x = np.load(path)["input"]
+        self.batch, self.name, self.i = batch, name, 0
+
+    def get_next(self):
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i:self.i + self.batch]
+        self.i += self.batch
+        return {self.name: b}
+
+    def rewind(self):
+        self.i = 0
+
+
+def plain_inference(model: str, npz: str, batch: int = 8, threads: int | None = None) -> float:
+    """onnxruntime alone over the same samples (ORT_ENABLE_ALL, like both calibrators)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    r = NpzReader(npz, batch)
+    names = [o.name for o in sess.get_outputs()]
+    while (f := r.get_next()) is not None:
+        sess.run(names, f)
+    return time.perf_counter() - t0
+
+
+def ort_preprocess(src: str, dst: str) -> str:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(src, dst, skip_symbolic_shape=True)
+    return dst
+
+
+def w_qcompiler(task: dict) -> dict:
+    from qcompiler.api import compile_model
+
+    t0 = time.perf_counter()
+    res = compile_model(task["src"], task["out"], task["pipeline"], calib_data=task["calib"],
+                        config=task.get("config"), calib_cache=task.get("cache"),
+                        calib_options={"batch_size": task.get("batch", 8)})
+    wall = time.perf_counter() - t0
+    out = {"wall_s": round(wall, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
+           "calib_s": round(res.context.timings.get("calibrate.total", 0.0), 3),
+           "passes_s": round(sum(r.seconds for r in res.result.records), 3),
+           "passes_wo_calib_s": round(sum(r.seconds for r in res.result.records if r.name != "calibrate"), 3)}
+    if task.get("eval", True):
+        out.update(eval_model(task["src"], task["out"], task["digits"], task.get("eval_npz")))
+        out.update(model_facts(task["out"]))
+    return out
+
+
+def w_ort(task: dict) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[task["method"]]
+    t0 = time.perf_counter()
+    pre = ort_preprocess(task["src"], task["out"] + ".pre.onnx")
+    quantize_static(pre, task["out"], NpzReader(task["calib"], task.get("batch", 8)), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=method,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    wall = time.perf_counter() - t0
+    out = {"wall_s": round(wall, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+    if task.get("eval", True):
+        out.update(eval_model(task["src"], task["out"], task["digits"], task.get("eval_npz")))
+        out.update(model_facts(task["out"]))
+    return out
+
+
+def w_ort_calib(task: dict) -> dict:
+    """onnxruntime.quantization's calibration step alone (create_calibrator + collect + compute)."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[task["method"]]
+    d = tempfile.mkdtemp(prefix="ortcal-")
+    t0 = time.perf_counter()
+    cal = create_calibrator(task["src"], op_types_to_calibrate=None,
+                            augmented_model_path=os.path.join(d, "aug.onnx"), calibrate_method=method,
+                            extra_options={"symmetric": True})
+    cal.collect_data(NpzReader(task["calib"], task.get("batch", 8)))
+    cal.compute_data()
+    calib = time.perf_counter() - t0
+    rss = peak_rss_mib()
+    plain = plain_inference(task["src"], task["calib"], task.get("batch", 8))
+    return {"calib_s": round(calib, 3), "plain_s": round(plain, 3), "ratio": round(calib / plain, 2),
+            "peak_rss_mib": round(rss, 1)}
+
+
+def w_qc_calib(task: dict) -> dict:
+    """qcompiler's calibrate pass alone on an FP32 graph (fold-bn done beforehand, not timed)."""
+    from qcompiler.api import make_context
+    from qcompiler.ir import load_model
+    from qcompiler.pm import run_pipeline
+
+    g = load_model(task["src"])
+    ctx = make_context(calib_data=task["calib"], calib_options={"batch_size": task.get("batch", 8)})
+    t0 = time.perf_counter()
+    run_pipeline(g, f"calibrate{{method={task['method']}}}", ctx)
+    calib = time.perf_counter() - t0
+    rss = peak_rss_mib()
+    plain = plain_inference(task["src"], task["calib"], task.get("batch", 8))
+    return {"calib_s": round(calib, 3), "plain_s": round(plain, 3), "ratio": round(calib / plain, 2),
+            "peak_rss_mib": round(rss, 1), "run_s": round(ctx.timings.get("calibrate.run", 0), 3),
+            "observe_s": round(ctx.timings.get("calibrate.observe", 0), 3)}
+
+
+def w_latency(task: dict) -> dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(task["model"], so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal([task["batch"]] + task["shape"]).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {name: x})
+    ts = []
+    for _ in range(task.get("runs", 20)):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        ts.append(time.perf_counter() - t)
+    return {"median_ms": round(1000 * float(np.median(ts)), 3)}
+
+
+def w_compile_only(task: dict) -> dict:
+    """Compile with calibration statistics already cached: what a rebuild costs."""
+    from qcompiler.api import compile_model
+
+    t0 = time.perf_counter()
+    res = compile_model(task["src"], task["out"], task["pipeline"], calib_data=task["calib"], calib_cache=task["cache"])
+    total = time.perf_counter() - t0
+    cached = any(r.name == "calibrate" and r.stats.get("cached") for r in res.result.records)
+    return {"total_s": round(total, 3), "passes_s": round(sum(r.seconds for r in res.result.records), 3),
+            "nodes": len(res.graph.nodes), "cached": cached, "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def w_modelopt(task: dict) -> dict:
+    """Runs inside ModelOpt's own virtualenv (its pins conflict with ours)."""
+    import modelopt.onnx.quantization as moq
+
+    t0 = time.perf_counter()
+    data = np.load(task["calib"])["input"]
+    moq.quantize(onnx_path=task["src"], quantize_mode="int8", calibration_data=data,
+                 calibration_method=task["method"], output_path=task["out"], high_precision_dtype="fp32",
+                 calibration_eps=["cpu"])
+    return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+WORKERS = {"qcompiler": w_qcompiler, "ort": w_ort, "ort_calib": w_ort_calib, "qc_calib": w_qc_calib,
+           "latency": w_latency, "compile_only": w_compile_only, "modelopt": w_modelopt}
+
+
+def worker_main(spec: str) -> None:
+    task = json.loads(spec)
+    try:
+        out = WORKERS[task["kind"]](task)
+        out["ok"] = True
+    except Exception as exc:  # the orchestrator records failures, it does not hide them
+        import traceback
+
+        out = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+               "trace": traceback.format_exc()[-2000:]}
+    print("@@RESULT@@" + json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# orchestrator
+# ------------------------------------------------------------------------------------------------
+
+
+def run_task(task: dict, python: str | None = None, timeout: int = 3600) -> dict:
+    cmd = [python or sys.executable, str(Path(__file__).resolve()), "worker", json.dumps(task)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+    if python and python != sys.executable:
+        env["PYTHONPATH"] = ""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout} s"}
+    for line in r.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@"):])
+    return {"ok": False, "error": f"worker exited {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}"}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    import qcompiler
+
+    out = {"qcompiler": qcompiler.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:
+        pass
+    try:
+        import onnx_graphsurgeon
+
+        out["onnx_graphsurgeon"] = onnx_graphsurgeon.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = open("/proc/cpuinfo").read()
+        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f" {f} " in text)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores ({flags}), {platform.system()} {platform.release()}"
+
+
+def modelopt_available() -> tuple[bool, str]:
+    if not os.path.exists(MODELOPT_PY):
+        return False, (f"no ModelOpt environment at {MODELOPT_PY} (it pins onnx~=1.21, onnxruntime-gpu~=1.24 and "
+                       "cupy-cuda12x, which conflict with this environment; set QCOMPILER_MODELOPT_PYTHON)")
+    r = subprocess.run([MODELOPT_PY, "-c", "import modelopt.onnx.quantization"], capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return False, f"modelopt.onnx.quantization does not import on this machine: {last}"
+    return True, "ok"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.workdir or tempfile.mkdtemp(prefix="qc-bench-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {"versions": versions(), "machine": machine(), "command": " ".join(sys.argv),
+                              "quick": args.quick, "sections": {}}
+        from qcompiler.zoo import zoo
+
+        self.zoo = zoo
+
+    # -- helpers --------------------------------------------------------------------------------
+    def prepped(self, name: str) -> str:
+        return str(self.zoo.onnx_path(name))
+
+    def calib(self, name: str, n: int) -> str:
+        return str(self.zoo.calibration_npz(name, n))
+
+    def eval_npz(self, name: str, n: int = 16) -> str:
+        p = self.work / f"eval-{name}-{n}.npz"
+        if not p.exists():
+            entry = self.zoo.get(name)
+            x = np.random.default_rng(123).standard_normal((n,) + entry.input_shape).astype(np.float32)
+            np.savez(p, input=x)
+        return str(p)
+
+    # -- sections -------------------------------------------------------------------------------
+    def accuracy(self) -> None:
+        models = self.args.models or (QUICK_DIGITS if self.args.quick else DIGITS)
+        qc_pipes = ["trt-int8", "trt-int8{calib=entropy}", "trt-int8{calib=mse}", "trt-int8{calib=min_max}",
+                    "trt-int8{cle=true}"]
+        if self.args.quick:
+            qc_pipes = ["trt-int8", "trt-int8{calib=entropy}"]
+        ort_methods = ["minmax", "entropy", "percentile"] if not self.args.quick else ["minmax", "percentile"]
+        rows = []
+        for m in models:
+            src, cal = self.prepped(m), self.calib(m, 256)
+            for p in qc_pipes:
+                log(f"[accuracy] {m} qcompiler {p}")
+                out = str(self.work / f"{m}-{abs(hash(p)) % 10**8}.onnx")
+                r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": p, "calib": cal, "digits": True})
+                rows.append({"model": m, "tool": "qcompiler", "method": p, **r})
+            for meth in ort_methods:
+                log(f"[accuracy] {m} onnxruntime.quantization {meth}")
+                out = str(self.work / f"{m}-ort-{meth}.onnx")
+                r = run_task({"kind": "ort", "src": src, "out": out, "method": meth, "calib": cal, "digits": True})
+                rows.append({"model": m, "tool": "ort.quantize_static", "method": meth, **r})
+            ok, why = modelopt_available()
+            if ok:
+                for meth in ("max", "entropy"):
+                    log(f"[accuracy] {m} modelopt {meth}")
+                    out = str(self.work / f"{m}-mo-{meth}.onnx")
+                    r = run_task({"kind": "modelopt", "src": src, "out": out, "method": meth, "calib": cal},
+                                 python=MODELOPT_PY)
+                    if r.get("ok"):
+                        r.update(run_task({"kind": "latency", "model": out, "batch": 1, "shape": [1, 16, 16],
+                                           "runs": 1}))
+                        try:
+                            r.update(eval_model(src, out, True))
+                            r.update(model_facts(out))
+                        except Exception as exc:
+                            r.update(ok=False, error=f"evaluating ModelOpt's output failed: {exc}")
+                    rows.append({"model": m, "tool": "modelopt", "method": meth, **r})
+            else:
+                self.results["modelopt"] = why
+        self.results["sections"]["accuracy"] = rows
+
+    def calib_scaling(self) -> None:
+        name = "resnet50"
+        counts = [32, 64] if self.args.quick else [64, 256, 512]
+        src = self.work / "resnet50-bnfold.onnx"
+        if not src.exists():
+            from qcompiler.api import compile_model
+
+            compile_model(str(self.zoo.onnx_path(name)), str(src), "cleanup,fold-constants,fold-bn,cleanup")
+        rows = []
+        ours = ["min_max", "entropy", "percentile"] if not self.args.quick else ["min_max", "percentile"]
+        theirs = ["minmax", "entropy", "percentile"] if not self.args.quick else ["minmax", "percentile"]
+        for n in counts:
+            cal = self.calib(name, n)
+            for meth in ours:
+                log(f"[calib] resnet50 n={n} qcompiler {meth}")
+                rows.append({"samples": n, "tool": "qcompiler", "method": meth,
+                             **run_task({"kind": "qc_calib", "src": str(src), "calib": cal, "method": meth})})
+            for meth in theirs:
+                if meth != "minmax" and n > 256 and not self.args.big_ort:
+                    rows.append({"samples": n, "tool": "ort", "method": meth, "ok": False,
+                                 "error": "skipped: grows ~29 MiB per sample (see 256); --big-ort runs it"})
+                    continue
+                log(f"[calib] resnet50 n={n} onnxruntime {meth}")
+                rows.append({"samples": n, "tool": "ort", "method": meth,
+                             **run_task({"kind": "ort_calib", "src": str(src), "calib": cal, "method": meth})})
+        self.results["sections"]["calib"] = rows
+
+    def compile_time(self) -> None:
+        from tools_graphs import deep_resnet  # noqa: E402 (tools/ on sys.path)
+
+        rows = []
+        factors = [1, 4] if self.args.quick else [1, 4, 16]
+        graphs = [("resnet50", str(self.zoo.onnx_path("resnet50")))]
+        for k in factors:
+            p = self.work / f"deep-{k}.onnx"
+            if not p.exists():
+                deep_resnet(k, str(p))
+            graphs.append((f"deep-resnet x{k}", str(p)))
+        for label, path in graphs:
+            cal = self.work / f"cal-{Path(path).stem}.npz"
+            from qcompiler.ir import load_model
+
+            shape = [int(d) if isinstance(d, int) else 1 for d in load_model(path).inputs[0].shape]
+            np.savez(cal, input=np.random.default_rng(0).standard_normal([2] + shape[1:]).astype(np.float32))
+            cache = str(self.work / f"cache-{Path(path).stem}.json")
+            out = str(self.work / f"compiled-{Path(path).stem}.onnx")
+            run_task({"kind": "compile_only", "src": path, "out": out, "pipeline": "trt-int8", "calib": str(cal),
+                      "cache": cache})  # fills the cache
+            log(f"[compile] {label}")
+            r = run_task({"kind": "compile_only", "src": path, "out": out, "pipeline": "trt-int8", "calib": str(cal),
+                          "cache": cache})
+            rows.append({"graph": label, **r})
+        self.results["sections"]["compile"] = rows
+
+    def latency(self) -> None:
+        rows = []
+        models = [("resnet", [1, 16, 16], True), ("mobilenetv2", [1, 16, 16], True)]
+        if not self.args.quick:
+            models.append(("resnet50", [3, 224, 224], False))
+        for name, shape, digits_model in models:
+            src = self.prepped(name)
+            cal = self.calib(name, 64 if digits_model else 32)
+            variants = {"fp32": src}
+            for pipe, label in (("trt-int8", "qcompiler trt-int8"), ("ort-int8", "qcompiler ort-int8")):
+                out = str(self.work / f"lat-{name}-{pipe}.onnx")
+                r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": pipe, "calib": cal,
+                              "digits": digits_model, "eval": False})
+                if r.get("ok"):
+                    variants[label] = out
+            out = str(self.work / f"lat-{name}-ort.onnx")
+            r = run_task({"kind": "ort", "src": src, "out": out, "method": "minmax", "calib": cal,
+                          "digits": digits_model, "eval": False})
+            if r.get("ok"):
+                variants["ort.quantize_static"] = out
+            for batch in (1, 8):
+                for label, path in variants.items():
+                    log(f"[latency] {name} b={batch} {label}")
+                    r = run_task({"kind": "latency", "model": path, "batch": batch, "shape": shape,
+                                  "runs": 10 if self.args.quick else 30})
+                    rows.append({"model": name, "batch": batch, "variant": label, **r})
+        self.results["sections"]["latency"] = rows
+
+    def cle(self) -> None:
+        from qcompiler.ir import load_model
+        from qcompiler.pm import PassContext, run_pipeline
+
+        rows = []
+        for name in ("mobilenetv2", "mobilenetv2-full"):
+            g = load_model(self.zoo.onnx_path(name))
+            ctx = PassContext()
+            run_pipeline(g, "fold-bn,merge-conv1x1,cle{measure=true}", ctx)
+            rep = ctx.artifacts["cle"]
+            rows.append({"model": name, "layers": rep})
+        acc = []
+        models = ["mobilenetv2", "resnet"]
+        for m in models:
+            for dtype in ("s8", "s4"):
+                for scheme in ("per_tensor_symmetric", "per_channel_symmetric"):
+                    cfg = self.work / f"w-{dtype}-{scheme}.yaml"
+                    cfg.write_text(f"global:\n  weight: {{dtype: {dtype}, qscheme: {scheme}}}\n")
+                    for pipe in ("trt-int8", "trt-int8{cle=true}"):
+                        log(f"[cle] {m} {dtype} {scheme} {pipe}")
+                        out = str(self.work / f"cle-{m}-{dtype}-{scheme}-{'cle' if 'cle' in pipe else 'plain'}.onnx")
+                        r = run_task({"kind": "qcompiler", "src": self.prepped(m), "out": out, "pipeline": pipe,
+                                      "calib": self.calib(m, 256), "config": str(cfg), "digits": True})
+                        acc.append({"model": m, "weights": f"{dtype} {scheme}", "pipeline": pipe, **r})
+        self.results["sections"]["cle"] = {"layers": rows, "accuracy": acc}
+
+    def run(self) -> dict:
+        sections = self.args.sections.split(",")
+        for s in sections:
+            t0 = time.perf_counter()
+            {"accuracy": self.accuracy, "calib": self.calib_scaling, "compile": self.compile_time,
+             "latency": self.latency, "cle": self.cle}[s]()
+            log(f"[{s}] {time.perf_counter() - t0:.0f} s")
+        return self.results
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def render(res: dict) -> str:
+    out = [f"Machine: {res['machine']}", "",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()), "",
+           f"Command: `{res['command']}`", ""]
+    s = res["sections"]
+    if "accuracy" in s:
+        out += ["### Accuracy (digits test split, 540 images; SQNR of the logits vs FP32)", "",
+                "| model | tool | method | top-1 FP32 | top-1 | SQNR dB | Q | DQ | lint err/warn | wall s | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in s["accuracy"]:
+            if not r.get("ok"):
+                out.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r.get('error', '?')[:80]} "
+                           "| | | | | | | |")
+                continue
+            out.append(f"| {r['model']} | {r['tool']} | `{r['method']}` | {_fmt(r.get('top1_fp32'))} | "
+                       f"{_fmt(r.get('top1'))} | {_fmt(r.get('sqnr_db'), 1)} | {r.get('q', '-')} | {r.get('dq', '-')} | "
+                       f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} | {_fmt(r.get('wall_s'))} | "
+                       f"{_fmt(r.get('peak_rss_mib'), 0)} |")
+        if "modelopt" in res:
+            out += ["", f"NVIDIA ModelOpt: skipped: {res['modelopt']}"]
+        out.append("")
+    if "calib" in s:
+        out += ["### Calibration on the ResNet-50-sized model (224x224, batch 8)", "",
+                "| samples | tool | method | calibration s | plain inference s | ratio | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|"]
+        for r in s["calib"]:
+            if not r.get("ok"):
+                out.append(f"| {r['samples']} | {r['tool']} | {r['method']} | {r.get('error', '?')[:90]} | | | |")
+                continue
+            out.append(f"| {r['samples']} | {r['tool']} | {r['method']} | {_fmt(r['calib_s'])} | {_fmt(r['plain_s'])} | "
+                       f"**{_fmt(r['ratio'])}** | {_fmt(r['peak_rss_mib'], 0)} |")
+        out.append("")
+    if "compile" in s:
+        out += ["### Compile time without calibration (statistics cached), trt-int8", "",
+                "| graph | nodes after | passes s | total s (load + passes + save) | peak RSS MiB |", "|---|---|---|---|---|"]
+        for r in s["compile"]:
+            if r.get("ok"):
+                out.append(f"| {r['graph']} | {r['nodes']} | {_fmt(r['passes_s'], 3)} | {_fmt(r['total_s'], 3)} | "
+                           f"{_fmt(r['peak_rss_mib'], 0)} |")
+            else:
+                out.append(f"| {r['graph']} | failed: {r.get('error')} | | | |")
+        out.append("")
+    if "latency" in s:
+        out += ["### onnxruntime CPU latency (ORT_ENABLE_ALL, median)", "",
+                "| model | batch | variant | median ms |", "|---|---|---|---|"]
+        for r in s["latency"]:
+            out.append(f"| {r['model']} | {r['batch']} | {r['variant']} | "
+                       f"{_fmt(r.get('median_ms'), 3) if r.get('ok') else 'failed: ' + str(r.get('error'))} |")
+        out.append("")
+    if "cle" in s:
+        out += ["### Cross-layer equalization", ""]
+        for entry in s["cle"]["layers"]:
+            rep = entry["layers"]
+            sb = [x["spread_before"] for x in rep]
+            sa = [x["spread_after"] for x in rep]
+            out.append(f"**{entry['model']}**: {len(rep)} layers; median channel-range ratio {np.median(sb):.1f} -> "
+                       f"{np.median(sa):.1f}, max {max(sb):.1f} -> {max(sa):.1f}; mean per-tensor int8 weight SQNR "
+                       f"{np.mean([x['sqnr_before'] for x in rep]):.1f} -> {np.mean([x['sqnr_after'] for x in rep]):.1f} dB")
+            out.append("")
+            out += ["| layer | range ratio before | after | int8 per-tensor SQNR before dB | after dB |",
+                    "|---|---|---|---|---|"]
+            for x in rep[:12]:
+                out.append(f"| `{x['layer']}` | {x['spread_before']:.1f} | {x['spread_after']:.1f} | "
+                           f"{x['sqnr_before']:.1f} | {x['sqnr_after']:.1f} |")
+            if len(rep) > 12:
+                out.append(f"| ... {len(rep) - 12} more | | | | |")
+            out.append("")
+        out += ["| model | weights | pipeline | top-1 | SQNR dB |", "|---|---|---|---|---|"]
+        for r in s["cle"]["accuracy"]:
+            out.append(f"| {r['model']} | {r['weights']} | `{r['pipeline']}` | {_fmt(r.get('top1'))} | "
+                       f"{_fmt(r.get('sqnr_db'), 1)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "worker":
+        sys.path.insert(0, str(ROOT / "tools"))
+        worker_main(sys.argv[2])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small subset (a few minutes on 2 cores)")
+    ap.add_argument("--sections", default="accuracy,calib,compile,latency,cle")
+    ap.add_argument("--models", type=lambda s: s.split(","), default=None, help="digits zoo models for accuracy")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--json", default=None, help="write all numbers here")
+    ap.add_argument("--md", default=None, help="write the Markdown report here")
+    ap.add_argument("--big-ort", action="store_true", help="also run onnxruntime's histogram calibrators at 512 samples")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "tools"))
+    res = Bench(args).run()
+    text = render(res)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
