@@ -73,6 +73,11 @@ class InsertQDQ(Pass):
             ctx.remark("QC305", f"upgraded the model from opset {current} to {need} (needed for "
                                 f"{'fp8' if need == 19 else 'blocked int4' if need == 21 else 'per-channel'} Q/DQ)")
         ctx.reference = copy_graph(graph)
+        inner = [n for g in list(iter_graphs(graph))[1:] for n in g.nodes
+                 if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+        if inner:
+            ctx.remark("QC504", f"{len(inner)} layer(s) inside If/Loop/Scan bodies stay float (quantizing inside "
+                                "subgraphs is not supported; the subgraphs are kept intact)", node=inner[0].name)
         plan = make_plan(graph, recipe, ctx.diagnostics)
         result = Emitter(graph, plan, ctx.stats, weights_mode=self.options.weights, diagnostics=ctx.diagnostics).run()
         ctx.artifacts["plan"] = plan

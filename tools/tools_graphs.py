@@ -25,13 +25,13 @@ def deep_resnet(k: int, path: str, width: int = 16, image: int = 32, seed: int =
         inits.append(numpy_helper.from_array(np.asarray(arr, np.float32), n))
         return n
 
-    def conv_bn(x, cin, cout, kk, stride, relu=True):
+    def conv_bn(x, cin, cout, kk, stride, relu=True, gamma=1.0):
         w = const(rng.standard_normal((cout, cin, kk, kk)) * (2.0 / (cin * kk * kk)) ** 0.5, "w")
         c = name("conv")
         nodes.append(helper.make_node("Conv", [x, w], [c], name=c, kernel_shape=[kk, kk], strides=[stride, stride],
                                       pads=[kk // 2] * 4))
         b = name("bn")
-        nodes.append(helper.make_node("BatchNormalization", [c, const(1 + 0.1 * rng.standard_normal(cout), "g"),
+        nodes.append(helper.make_node("BatchNormalization", [c, const(gamma * (1 + 0.1 * rng.standard_normal(cout)), "g"),
                                                              const(0.1 * rng.standard_normal(cout), "b"),
                                                              const(0.1 * rng.standard_normal(cout), "m"),
                                                              const(1 + 0.1 * rng.random(cout), "v")], [b], name=b))
@@ -50,7 +50,8 @@ def deep_resnet(k: int, path: str, width: int = 16, image: int = 32, seed: int =
             cout = mid * 4
             h = conv_bn(x, cin, mid, 1, 1)
             h = conv_bn(h, mid, mid, 3, stride)
-            h = conv_bn(h, mid, cout, 1, 1, relu=False)
+            # a small last gamma keeps activations bounded in a 256-block random network (as zero-init does)
+            h = conv_bn(h, mid, cout, 1, 1, relu=False, gamma=0.1)
             sc = conv_bn(x, cin, cout, 1, stride, relu=False) if (stride != 1 or cin != cout) else x
             a = name("add")
             nodes.append(helper.make_node("Add", [h, sc], [a], name=a))

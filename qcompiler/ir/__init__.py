@@ -8,7 +8,7 @@ onnxruntime sessions lives here.
 import onnxruntime as _ort
 from onnx_graphsurgeon.logger import G_LOGGER as _G_LOGGER
 
-_ort.set_default_logger_severity(3)  # onnxruntime warnings are noise for users of a compiler
+_ort.set_default_logger_severity(4)  # onnxruntime logs are noise: its errors reach users as diagnostics
 _G_LOGGER.severity = _G_LOGGER.ERROR
 
 from .io import (ModelMeta, copy_graph, export_model, get_meta, import_model, iter_graphs, load_model,

@@ -84,12 +84,32 @@ class ExternalValues(LazyValues):
         return data
 
     def load(self) -> np.ndarray:
+        dtype = _np_dtype(self.tensor.data_type)
+        n = int(np.prod(self.tensor.dims)) if len(self.tensor.dims) else 1
+        if dtype is not None and dtype.itemsize * n == self.length and n > 0:
+            # map the file instead of reading it: weights of multi-GB models cost no memory until used
+            # (read-only: passes replace arrays, they never write into them)
+            return np.memmap(self.file, dtype=dtype.newbyteorder("<"), mode="r", offset=self.offset,
+                             shape=tuple(int(d) for d in self.tensor.dims))
         proto = onnx.TensorProto()
         proto.CopyFrom(self.tensor)
         del proto.external_data[:]
         proto.data_location = onnx.TensorProto.DEFAULT
         proto.raw_data = self.read_bytes()
         return np.array(onnx.numpy_helper.to_array(proto))
+
+    def copy_to(self, f, chunk: int = 1 << 24) -> int:
+        """Stream the bytes into an open file (runs of zeros become holes), return the length."""
+        with open(self.file, "rb") as src:
+            src.seek(self.offset)
+            left = self.length
+            while left > 0:
+                piece = src.read(min(chunk, left))
+                if not piece:
+                    raise ModelLoadError(f"external data for tensor '{self.tensor.name}' is truncated", code="QC205")
+                _write_sparse_aware(f, piece)
+                left -= len(piece)
+        return self.length
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +209,17 @@ def _resolve_external(model: onnx.ModelProto, base_dir: Path, source: str) -> tu
     return resolved, files
 
 
+_NATIVE_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+              onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
+              onnx.TensorProto.INT16: np.int16, onnx.TensorProto.UINT16: np.uint16, onnx.TensorProto.INT32: np.int32,
+              onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.UINT64: np.uint64}
+
+
+def _np_dtype(data_type: int) -> np.dtype | None:
+    t = _NATIVE_NP.get(data_type)
+    return np.dtype(t) if t is not None else None
+
+
 def _itemsize(data_type: int) -> int | None:
     try:
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(data_type)
@@ -199,10 +230,46 @@ def _itemsize(data_type: int) -> int | None:
     return np.dtype(np_dtype).itemsize
 
 
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def check_tensor_sizes(model: onnx.ModelProto, source: str) -> None:
+    """Every inline tensor holds exactly as much data as its dims and element type say (onnx.checker does
+    not look; a mismatch would otherwise surface deep inside a pass)."""
+    for t in _all_tensor_protos(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+            continue
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        if any(int(d) < 0 for d in t.dims):
+            raise ModelLoadError(f"tensor '{t.name}' has a negative dimension {list(t.dims)}", location=source,
+                                 node=t.name)
+        if t.raw_data:
+            size = _itemsize(t.data_type)
+            if t.data_type in _INT4_TYPES:
+                want = (n + 1) // 2
+            elif size is None:
+                continue
+            else:
+                want = n * size
+            if len(t.raw_data) != want:
+                raise ModelLoadError(
+                    f"tensor '{t.name}' holds {len(t.raw_data)} bytes, but dims {list(t.dims)} of "
+                    f"{onnx.TensorProto.DataType.Name(t.data_type)} need {want}", location=source, node=t.name,
+                    hint="the model file is corrupted or was edited inconsistently; re-export it")
+            continue
+        counts = [len(getattr(t, f)) for f in _TYPED_FIELDS if len(getattr(t, f))]
+        if counts and counts[0] not in (n, 2 * n):  # complex types store 2 values per element
+            raise ModelLoadError(f"tensor '{t.name}' holds {counts[0]} values, but dims {list(t.dims)} need {n}",
+                                 location=source, node=t.name, hint="re-export the model")
+
+
 def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
                  source: str | None = None) -> gs.Graph:
     """Build a graphsurgeon graph from a ModelProto (external tensors stay lazy)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    check_tensor_sizes(model, source or "<model>")
     ext, files = _resolve_external(model, base, source or "<model>")
     try:
         graph = gs.import_onnx(model)
@@ -469,19 +536,24 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
                 for t in _all_tensor_protos(model.graph):
                     if tensor_nbytes(t) < size_threshold and t.data_location != onnx.TensorProto.EXTERNAL:
                         continue
-                    payload = _tensor_bytes(t, lazy)
                     pad = (-offset) % 64
                     if pad:
                         f.write(bytes(pad))
                         offset += pad
-                    _write_sparse_aware(f, payload)
+                    src_lazy = lazy.get(t.name) if t.data_location == onnx.TensorProto.EXTERNAL else None
+                    if src_lazy is not None:
+                        length = src_lazy.copy_to(f)  # streamed: never holds a multi-GB tensor in memory
+                    else:
+                        payload = _tensor_bytes(t, lazy)
+                        _write_sparse_aware(f, payload)
+                        length = len(payload)
                     _clear_payload(t)
                     del t.external_data[:]
                     t.data_location = onnx.TensorProto.EXTERNAL
-                    for k, v in (("location", loc), ("offset", str(offset)), ("length", str(len(payload)))):
+                    for k, v in (("location", loc), ("offset", str(offset)), ("length", str(length))):
                         e = t.external_data.add()
                         e.key, e.value = k, v
-                    offset += len(payload)
+                    offset += length
                 f.truncate(offset)
                 f.flush()
                 os.fsync(f.fileno())

@@ -28,7 +28,7 @@ OPT_LEVELS = {
 def session_options(opt_level: str = "basic", threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[opt_level]
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

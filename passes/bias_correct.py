@@ -1,0 +1,263 @@
+"""bias-correct: correct the systematic (mean) error quantization adds to each layer's output.
+
+Quantizing weights and activations shifts the mean of a layer's output: E[y_q] != E[y].  Adding the
+per-output-channel difference to the bias removes that shift (Nagel et al. 2019; EQuant's
+"bias_correction")::
+
+    b'_c = b_c + E[y_fp32,c] - E[y_q,c]
+
+``mode=empirical`` (default) measures both means with onnxruntime on the calibration data.  Layers are
+corrected one at a time in topological order, each measured on the quantized model *with the
+corrections of the layers before it*, so later layers see earlier corrections.  Means are streamed
+(sums per channel), nothing proportional to the data is kept; each measurement runs only the part of the
+model up to the layer.
+
+``mode=data-free`` needs no data: with the input of a layer being ``relu(z)`` where ``z ~ N(beta, gamma^2)``
+per channel (BatchNormalization statistics recorded by ``fold-bn``), ``E[x]`` has a closed form
+(``gamma*pdf(beta/gamma) + beta*cdf(beta/gamma)``), and the error of the quantized weights
+``eps = W_q - W`` shifts the output mean by ``eps . E[x]`` (summed over input channels and kernel taps);
+that amount is subtracted from the bias.  It corrects weight quantization only.
+
+A missing bias is created (an Add after a MatMul).  Runs after ``insert-qdq`` (it needs the FP32 graph that
+insert-qdq keeps in the context).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler.calib.data import CalibData, DataOptions
+from qcompiler.diagnostics import CalibrationError, QCompilerError
+from qcompiler.ir.edit import Namer
+from qcompiler.ir.io import copy_graph
+from qcompiler.ir.query import const_value, is_graph_output
+from qcompiler.ir.runtime import Session
+from qcompiler.pm import Pass, PassResult, option, register_pass
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def channel_axis(node: gs.Node, out: np.ndarray) -> int:
+    return 1 if node.op in ("Conv", "ConvTranspose") else out.ndim - 1
+
+
+def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: CalibData, ctx,
+                  opt_level: str) -> dict[str, np.ndarray]:
+    """Per-channel means of ``tensors`` over the data, streamed (one pass, only what they need runs)."""
+    g = copy_graph(graph)
+    ts = g.tensors()
+    g.outputs = [ts[name] for name, _ in tensors]
+    g.cleanup(remove_unused_graph_inputs=False)
+    sess = Session(g, opt_level=opt_level, threads=ctx.threads)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    try:
+        names = sess.output_names
+        feeds_needed = set(sess.input_names)
+        for _, feeds in data.batches(graph, ctx.diagnostics):
+            outs = sess.run({k: v for k, v in feeds.items() if k in feeds_needed})
+            for (name, node), y in zip(tensors, outs):
+                ax = channel_axis(node, y)
+                axes = tuple(i for i in range(y.ndim) if i != ax)
+                s = y.astype(np.float64).sum(axis=axes)
+                sums[name] = s if name not in sums else sums[name] + s
+                counts[name] = counts.get(name, 0) + int(np.prod([y.shape[i] for i in axes]))
+        del names
+    finally:
+        sess.close()
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def add_output_bias(graph: gs.Graph, node: gs.Node, delta: np.ndarray, names: Namer) -> None:
+    """Add ``delta`` (per output channel) to the layer's bias, creating it (or an Add) if needed."""
+    delta = np.asarray(delta, np.float64)
+    if node.op in ("Conv", "ConvTranspose"):
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            b = const_value(node.inputs[2])
+            if b is None:
+                raise QCompilerError(f"{node.name}: its bias is not a float constant", code="QC604")
+            new = (b.astype(np.float64) + delta).astype(b.dtype)
+            node.inputs[2] = gs.Constant(names(node.name + "_bias_corrected"), new)
+        else:
+            node.inputs.append(gs.Constant(names(node.name + "_bias_corrected"), delta.astype(np.float32)))
+        return
+    if node.op == "Gemm":
+        beta = float(node.attrs.get("beta", 1.0))
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            c = const_value(node.inputs[2])
+            if c is None:
+                raise QCompilerError(f"{node.name}: its C input is not a constant", code="QC604")
+            new = (np.broadcast_to(c.astype(np.float64) * beta, np.broadcast_shapes(c.shape, delta.shape)) + delta)
+        else:
+            new = delta
+        node.attrs["beta"] = 1.0
+        bc = gs.Constant(names(node.name + "_bias_corrected"), np.ascontiguousarray(new.astype(np.float32)))
+        if len(node.inputs) > 2:
+            node.inputs[2] = bc
+        else:
+            node.inputs.append(bc)
+        return
+    # MatMul: a following Add with a constant of the channel size, or a new Add
+    out = node.outputs[0]
+    if len(out.outputs) == 1 and not is_graph_output(graph, out) and out.outputs[0].op == "Add":
+        add = out.outputs[0]
+        k = 1 if add.inputs[0] is out else 0
+        c = const_value(add.inputs[k])
+        if c is not None and c.shape[-1] == delta.size:
+            add.inputs[k] = gs.Constant(names(node.name + "_bias_corrected"),
+                                        (c.astype(np.float64) + delta).astype(c.dtype))
+            return
+    new_out = gs.Variable(names(out.name + "_uncorrected"), dtype=out.dtype, shape=out.shape)
+    node.outputs[0] = new_out
+    add = gs.Node("Add", names(node.name + "_bias_correction"),
+                  inputs=[new_out, gs.Constant(names(node.name + "_bias_corrected"), delta.astype(np.float32))],
+                  outputs=[out])
+    graph.nodes.insert(graph.nodes.index(node) + 1, add)
+
+
+def _dequantized_weight(node: gs.Node) -> np.ndarray | None:
+    """The weight a quantized layer really uses: DQ(int8 const) evaluated in numpy."""
+    w = node.inputs[1]
+    dq = w.inputs[0] if w.inputs else None
+    if dq is None or dq.op != "DequantizeLinear":
+        return None
+    src = dq.inputs[0]
+    q = const_value(src)
+    if q is None and src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form
+        qn = src.inputs[0]
+        x = const_value(qn.inputs[0])
+        if x is None:
+            return None
+        from qcompiler.quant.strip import _dequantize
+
+        s, z = const_value(qn.inputs[1]), const_value(qn.inputs[2])
+        axis = int(qn.attrs.get("axis", 1))
+        shape = [1] * x.ndim
+        if np.asarray(s).size > 1:
+            shape[axis] = -1
+        sr = np.asarray(s, np.float32).reshape(shape)
+        zr = np.asarray(z).astype(np.float32).reshape(shape)
+        qv = np.clip(np.rint(x.astype(np.float32) / sr) + zr, -128, 127)
+        return ((qv - zr) * sr).astype(np.float32)
+    if q is None:
+        return None
+    from qcompiler.quant.strip import _dequantize
+
+    s = const_value(dq.inputs[1])
+    z = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2].name else None
+    axis = int(dq.attrs.get("axis", 1))
+    axis = axis + q.ndim if axis < 0 else axis
+    return _dequantize(q, s, z, axis, dq.attrs.get("block_size"))
+
+
+def _relu_normal_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    g = np.maximum(np.abs(gamma), 1e-12)
+    r = beta / g
+    pdf = np.exp(-0.5 * r * r) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(r / math.sqrt(2)))
+    return g * pdf + beta * cdf
+
+
+@register_pass
+class BiasCorrect(Pass):
+    """Bias correction: remove the mean shift quantization adds to each layer's output."""
+
+    name = "bias-correct"
+    requires = frozenset({"quantized"})
+
+    @dataclass(frozen=True)
+    class Options:
+        mode: str = option("empirical", "empirical (calibration data, layer by layer) or data-free (BatchNorm "
+                                        "statistics recorded by fold-bn)", choices=("empirical", "data-free"))
+        max_samples: int = option(256, "samples used to measure the means (empirical)", min=1)
+        min_relative: float = option(1e-3, "skip corrections smaller than this fraction of the channel's mean "
+                                           "output magnitude", min=0.0)
+
+    def call(self, graph: gs.Graph, ctx) -> PassResult:
+        ref = ctx.reference
+        if ref is None:
+            raise QCompilerError("bias-correct needs the FP32 graph that insert-qdq keeps; run it after insert-qdq "
+                                 "in the same pipeline", code="QC604")
+        layers = [n for n in graph.nodes if n.op in WEIGHTED and len(n.inputs) > 1 and n.inputs[1].inputs
+                  and n.inputs[1].inputs[0].op == "DequantizeLinear"]
+        if not layers:
+            return PassResult(False, {"layers": 0})
+        names = Namer(graph)
+        if self.options.mode == "data-free":
+            return self._data_free(graph, ctx, ref, layers, names)
+        if ctx.calib_data is None:
+            raise CalibrationError("bias-correct{mode=empirical} needs calibration data", code="QC401",
+                                   hint="pass --calib-data, or use bias-correct{mode=data-free} after fold-bn")
+        data = CalibData(ctx.calib_data.source, DataOptions(ctx.calib_data.options.batch_size,
+                                                            self.options.max_samples, ctx.calib_data.options.skip_bad))
+        ref_nodes = {n.name: n for n in ref.nodes}
+        targets = [(n.outputs[0].name, n) for n in layers if n.name in ref_nodes]
+        fp32 = channel_means(ref, [(name, ref_nodes[n.name]) for name, n in targets], data, ctx, "all")
+        corrected = 0
+        magnitude = []
+        for name, node in targets:
+            q = channel_means(graph, [(node.outputs[0].name, node)], data, ctx, "basic")[node.outputs[0].name]
+            delta = fp32[name] - q
+            scale = max(float(np.mean(np.abs(fp32[name]))), 1e-12)
+            if float(np.max(np.abs(delta))) < self.options.min_relative * scale:
+                continue
+            add_output_bias(graph, node, delta, names)
+            corrected += 1
+            magnitude.append(float(np.mean(np.abs(delta))) / scale)
+        if corrected:
+            ctx.remark("QC604", f"bias-correct corrected {corrected} layer(s) (mean |shift| "
+                                f"{100 * float(np.mean(magnitude)):.2f}% of the output magnitude)")
+        return PassResult(corrected > 0, {"layers": corrected})
+
+    def _data_free(self, graph, ctx, ref, layers, names) -> PassResult:
+        bn = ctx.artifacts.get("bn_stats", {})
+        ref_nodes = {n.name: n for n in ref.nodes}
+        corrected = 0
+        for node in layers:
+            rn = ref_nodes.get(node.name)
+            if rn is None or node.op not in ("Conv", "Gemm", "MatMul"):
+                continue
+            W = const_value(rn.inputs[1])
+            Wq = _dequantized_weight(node)
+            if W is None or Wq is None:
+                continue
+            ex = self._input_mean(rn, bn)
+            if ex is None:
+                continue
+            eps = Wq.astype(np.float64) - W.astype(np.float64)
+            if node.op == "Conv":
+                g = int(node.attrs.get("group", 1))
+                cout, cin_g = eps.shape[0], eps.shape[1]
+                es = eps.reshape(cout, cin_g, -1).sum(axis=2).reshape(g, cout // g, cin_g)
+                shift = np.einsum("gok,gk->go", es, ex.reshape(g, cin_g)).reshape(cout)
+            elif node.op == "Gemm" and int(node.attrs.get("transB", 0)):
+                shift = eps @ ex
+            else:
+                shift = ex @ eps
+            add_output_bias(graph, node, -shift, names)
+            corrected += 1
+        if corrected:
+            ctx.remark("QC604", f"data-free bias correction adjusted {corrected} layer(s)")
+        else:
+            ctx.remark("QC604", "data-free bias correction found no layer whose input statistics are known (it needs "
+                                "Conv -> BatchNormalization -> Relu -> layer, with fold-bn in the same pipeline)")
+        return PassResult(corrected > 0, {"layers": corrected})
+
+    @staticmethod
+    def _input_mean(node: gs.Node, bn: dict) -> np.ndarray | None:
+        """E[x] of a layer's input when it is Relu(z) (or z) with z's BatchNorm statistics recorded."""
+        x = node.inputs[0]
+        prod = x.inputs[0] if x.inputs else None
+        relu = False
+        if prod is not None and prod.op == "Relu":
+            relu = True
+            x = prod.inputs[0]
+        st = bn.get(x.name)
+        if st is None:
+            return None
+        beta, gamma = np.asarray(st["mean"], np.float64), np.asarray(st["std"], np.float64)
+        return _relu_normal_mean(beta, gamma) if relu else beta

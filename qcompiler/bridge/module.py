@@ -1,0 +1,358 @@
+"""A purpose-built interpreter: an onnx-graphsurgeon graph as a torch.nn.Module.
+
+Why not onnx2torch / onnx2pytorch: they fail on Identity-routed or shared initializers and on opsets
+>= 18, and neither can train Q/DQ parameters (onnx2pytorch models Q/DQ as non-differentiable integer
+casts with weights as buffers).  Here:
+
+* nodes run in graph order through an explicit op table (qcompiler/bridge/ops.py); an op outside it is
+  an error naming the op and the node before anything runs;
+* float initializers are parameters keyed by initializer name (frozen unless a method trains them);
+* every activation Q->DQ pair becomes a :class:`FakeQuant` (learnable scale/offset), every weight
+  DQ(int8 constant) a :class:`WeightFakeQuant` holding a float master weight (the FP32 model's weight
+  when given, else the dequantized one) and its rounding rule;
+* :meth:`GraphModule.write_back` puts learned scales, zero points and integer weights back into the
+  same ONNX graph.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..diagnostics import BridgeError
+from ..ir.edit import Namer
+from ..ir.io import iter_graphs
+from ..ir.query import const_value
+from .ops import OPS
+
+SUPPORTED = sorted(set(OPS) | {"QuantizeLinear", "DequantizeLinear"})
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise BridgeError("the torch bridge needs torch", code="QC601",
+                          hint="pip install torch==2.13.0 && pip install 'qcompiler[torch]'") from None
+    return torch
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
+
+
+def _grid(zp_dtype: np.dtype | str, narrow: bool = False) -> tuple[int, int, bool]:
+    name = np.dtype(zp_dtype).name if not isinstance(zp_dtype, str) else zp_dtype
+    if "float8" in name:
+        return -448, 448, True
+    return {"int8": (-128, 127), "uint8": (0, 255), "int4": (-8, 7), "uint4": (0, 15), "int16": (-32768, 32767),
+            "uint16": (0, 65535), "int32": (-2**31, 2**31 - 1)}[name] + (False,)
+
+
+def check_supported(graph: gs.Graph) -> None:
+    if len(list(iter_graphs(graph))) > 1:
+        n = next(n for n in graph.nodes if any(isinstance(v, gs.Graph) for v in n.attrs.values()) or
+                 any(isinstance(v, (list, tuple)) and any(isinstance(x, gs.Graph) for x in v) for v in n.attrs.values()))
+        raise BridgeError(f"the torch bridge does not run subgraphs ({n.op})", node=n.name, code="QC602",
+                          hint="fine-tuning needs a graph without If/Loop/Scan")
+    for n in graph.nodes:
+        if n.op not in OPS and n.op not in ("QuantizeLinear", "DequantizeLinear"):
+            raise BridgeError(f"operator {n.op} is not supported by the torch bridge", node=n.name, code="QC602",
+                              hint="supported: " + ", ".join(SUPPORTED))
+        if n.domain not in ("", "ai.onnx", None):
+            raise BridgeError(f"operator {n.domain}::{n.op} is not supported by the torch bridge", node=n.name,
+                              code="QC602")
+
+
+def _zp_value(node: gs.Node) -> tuple[np.ndarray, np.dtype]:
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        zp = const_value(node.inputs[2])
+        return np.asarray(zp), np.asarray(zp).dtype
+    return np.zeros((), np.uint8), np.dtype(np.uint8)
+
+
+class GraphModule:  # built lazily as a real torch.nn.Module subclass (torch is optional)
+    def __new__(cls, *args, **kwargs):
+        return _make_module_class()(*args, **kwargs)
+
+
+_MODULE_CLASS = None
+
+
+def _make_module_class():
+    global _MODULE_CLASS
+    if _MODULE_CLASS is not None:
+        return _MODULE_CLASS
+    torch = _torch()
+    from .fakequant import FakeQuant, WeightFakeQuant
+
+    class _GraphModule(torch.nn.Module):
+        def __init__(self, graph: gs.Graph, *, reference: gs.Graph | None = None):
+            super().__init__()
+            check_supported(graph)
+            self.graph = graph
+            self.opset = int(graph.opset or 13)
+            self.input_names = [t.name for t in graph.inputs]
+            self.output_names = [t.name for t in graph.outputs]
+            self.params = torch.nn.ParameterDict()
+            self.fq = torch.nn.ModuleDict()  # activation fake-quant, keyed by Q node
+            self.wq = torch.nn.ModuleDict()  # weight fake-quant, keyed by DQ node
+            self.const: dict[str, Any] = {}
+            self._attr_values: dict[str, Any] = {}
+            self._plan: list[tuple[str, gs.Node]] = []
+            ref_layers = {n.name: n for n in reference.nodes} if reference is not None else {}
+            consumers_of: dict[str, list[gs.Node]] = {}
+            for n in graph.nodes:
+                for i in n.inputs:
+                    consumers_of.setdefault(i.name, []).append(n)
+            handled_dq: set[str] = set()
+            for n in graph.nodes:
+                if n.op == "QuantizeLinear":
+                    self._add_q(n, consumers_of, ref_layers, handled_dq)
+            for n in graph.nodes:
+                if n.op == "DequantizeLinear" and n.name not in handled_dq:
+                    self._add_weight_dq(n, consumers_of, ref_layers, handled_dq)
+            for n in graph.nodes:
+                if n.op == "QuantizeLinear":
+                    self._plan.append(("q", n))
+                elif n.op == "DequantizeLinear":
+                    self._plan.append(("dq", n) if _key(n.name) in self.wq else ("skip", n))
+                else:
+                    self._plan.append(("op", n))
+                    for i in n.inputs:
+                        self._register_const(i)
+                    if n.op in ("Constant", "ConstantOfShape"):
+                        v = n.attrs.get("value")
+                        if v is None:
+                            for k in ("value_float", "value_floats", "value_int", "value_ints"):
+                                if k in n.attrs:
+                                    v = np.asarray(n.attrs[k], dtype=np.float32 if "float" in k else np.int64)
+                        arr = v.values if isinstance(v, gs.Constant) else v
+                        # kept beside the graph: the graph's attributes are never touched
+                        self._attr_values[n.name] = torch.as_tensor(np.asarray(arr)) if arr is not None else None
+
+        # -- construction ------------------------------------------------------------------
+        def _register_const(self, t: gs.Tensor) -> None:
+            if not isinstance(t, gs.Constant) or t.name in self.const:
+                return
+            arr = np.asarray(t.values)
+            if arr.dtype.kind == "f" and arr.size > 1:
+                key = _key(t.name)
+                while key in self.params:
+                    key += "_"
+                self.params[key] = torch.nn.Parameter(torch.as_tensor(arr.astype(np.float32)), requires_grad=False)
+                self.const[t.name] = ("param", key)
+            else:
+                self.const[t.name] = ("value", torch.as_tensor(arr.copy() if arr.dtype.kind != "V" else
+                                                               arr.astype(np.float32)))
+
+        def _add_q(self, q: gs.Node, consumers_of, ref_layers, handled_dq) -> None:
+            out = q.outputs[0]
+            dqs = [c for c in consumers_of.get(out.name, []) if c.op == "DequantizeLinear"]
+            if not dqs or len(dqs) != len(consumers_of.get(out.name, [])):
+                raise BridgeError("a QuantizeLinear must feed DequantizeLinear nodes only", node=q.name, code="QC602")
+            scale = const_value(q.inputs[1])
+            zp, zdt = _zp_value(q)
+            if scale is None:
+                raise BridgeError("QuantizeLinear with a non-constant scale", node=q.name, code="QC602")
+            qmin, qmax, fp8 = _grid(zdt)
+            axis = int(q.attrs.get("axis", 1)) if np.asarray(scale).size > 1 else None
+            x = q.inputs[0]
+            W = const_value(x)
+            if W is not None and W.dtype.kind == "f":  # weights=qdq: Q(float weight) -> DQ
+                for dq in dqs:
+                    layer = (consumers_of.get(dq.outputs[0].name) or [None])[0]
+                    master = W  # weights=qdq keeps the float weight itself
+                    self.wq[_key(dq.name)] = WeightFakeQuant(dq.name, master, scale,
+                                                             np.asarray(zp, np.float32), qmin, qmax,
+                                                             axis, fp8=fp8)
+                    handled_dq.add(dq.name)
+                    self._dq_key = True
+                self.wq_q = getattr(self, "wq_q", set()) | {q.name}
+                return
+            self.fq[_key(q.name)] = FakeQuant(q.name, scale, np.asarray(zp, np.float32), qmin, qmax, axis, fp8)
+            for dq in dqs:
+                handled_dq.add(dq.name)
+
+        def _add_weight_dq(self, dq: gs.Node, consumers_of, ref_layers, handled_dq) -> None:
+            src = dq.inputs[0]
+            q = const_value(src)
+            if q is None:
+                raise BridgeError("a DequantizeLinear that reads neither a QuantizeLinear nor a constant",
+                                  node=dq.name, code="QC602")
+            scale = const_value(dq.inputs[1])
+            zp, zdt = _zp_value(dq)
+            qmin, qmax, fp8 = _grid(q.dtype if q.dtype.kind != "V" else zdt)
+            if q.dtype == np.int32:  # an int32 bias (onnxruntime target): a fixed constant
+                from ..quant.strip import _dequantize
+
+                axis = int(dq.attrs.get("axis", 1))
+                self.const[dq.outputs[0].name] = ("value", torch.as_tensor(
+                    _dequantize(q, scale, zp, axis % max(q.ndim, 1), None)))
+                handled_dq.add(dq.name)
+                self._plan_bias = getattr(self, "_plan_bias", set()) | {dq.name}
+                return
+            axis = int(dq.attrs.get("axis", 1)) if np.asarray(scale).size > 1 else None
+            if axis is not None and axis < 0:
+                axis += q.ndim
+            block = dq.attrs.get("block_size")
+            if not fp8 and q.dtype.kind in "iu" and np.all(np.asarray(zp) == 0) and q.size:
+                # symmetric weights: the grid is [-m, m] with m = max |q| (scale = amax / qmax puts the
+                # largest weight of every channel exactly on +-qmax), e.g. [-7, 7] for s4 stored as int8
+                m = int(np.max(np.abs(q.astype(np.int64))))
+                if 0 < m < qmax:
+                    qmin, qmax = -m, m
+                elif m >= qmax:
+                    qmin = -qmax  # narrow range: never -128
+            from ..quant.strip import _dequantize
+
+            deq = _dequantize(q.astype(np.float32) if q.dtype.kind == "V" else q, scale, zp,
+                              axis if axis is not None else 0, block)
+            layer = (consumers_of.get(dq.outputs[0].name) or [None])[0]
+            master = deq
+            if layer is not None and layer.name in ref_layers:
+                rn = ref_layers[layer.name]
+                idx = next((k for k, i in enumerate(layer.inputs) if i is dq.outputs[0]), 1)
+                rw = const_value(rn.inputs[idx]) if idx < len(rn.inputs) else None
+                if rw is not None and rw.shape == q.shape and _consistent(rw, deq, scale, axis, block):
+                    master = rw  # the float weight the integers were rounded from
+            self.wq[_key(dq.name)] = WeightFakeQuant(dq.name, master, scale, np.asarray(zp).astype(np.float32), qmin,
+                                                     qmax, axis, block_size=block, fp8=fp8)
+            handled_dq.add(dq.name)
+
+        # -- running -------------------------------------------------------------------------
+        def _value(self, env: dict, t: gs.Tensor):
+            if not t.name:
+                return None
+            if t.name in env:
+                return env[t.name]
+            c = self.const.get(t.name)
+            if c is None:
+                if isinstance(t, gs.Constant):
+                    self._register_const(t)
+                    c = self.const[t.name]
+                else:
+                    raise BridgeError(f"tensor '{t.name}' is used before it is computed", code="QC602")
+            return self.params[c[1]] if c[0] == "param" else c[1]
+
+        def forward(self, *args, capture: set[str] | None = None, until: str | None = None, **feeds):
+            if args:
+                if len(args) == 1 and isinstance(args[0], dict):
+                    feeds = dict(args[0])
+                else:
+                    feeds = dict(zip(self.input_names, args))
+            env: dict[str, Any] = {}
+            for name in self.input_names:
+                v = feeds[name]
+                env[name] = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+            captured: dict[str, Any] = {}
+            wq_q = getattr(self, "wq_q", set())
+            for kind, n in self._plan:
+                if kind == "skip":
+                    continue
+                if kind == "q":
+                    if n.name in wq_q:
+                        continue
+                    y = self.fq[_key(n.name)](self._value(env, n.inputs[0]))
+                    for dq in n.outputs[0].outputs:
+                        env[dq.outputs[0].name] = y
+                elif kind == "dq":
+                    env[n.outputs[0].name] = self.wq[_key(n.name)]()
+                else:
+                    ins = [self._value(env, i) for i in n.inputs]
+                    attrs = n.attrs
+                    if n.op == "Split":
+                        attrs = dict(attrs, __n_outputs__=len(n.outputs))
+                    elif n.name in self._attr_values:
+                        attrs = dict(attrs, __value__=self._attr_values[n.name])
+                    outs = OPS[n.op](ins, attrs, self.opset)
+                    for t, v in zip(n.outputs, outs):
+                        if t.name:
+                            env[t.name] = v
+                    if capture and n.name in capture:
+                        captured[n.name] = (ins, outs)
+                    if until is not None and n.name == until:
+                        return captured
+            result = {name: env[name] if name in env else self._value(env, t)
+                      for name, t in zip(self.output_names, self.graph.outputs)}
+            if capture:
+                result["__captured__"] = captured
+            return result
+
+        # -- write back ----------------------------------------------------------------------
+        def write_back(self) -> dict[str, int]:
+            """Learned scales, zero points and integer weights into the graph's Q/DQ constants."""
+            from ..ir.edit import constant
+
+            g = self.graph
+            names = Namer(g)
+            nodes = {n.name: n for n in g.nodes}
+            counts = {"activations": 0, "weights": 0}
+            for key, fq in self.fq.items():
+                q = nodes[fq.name]
+                s = fq.scale.detach().cpu().numpy().astype(np.float32)
+                s = np.maximum(s, 1e-7)
+                _, zdt = _zp_value(q)
+                zp = fq.export_zero_point().detach().cpu().numpy()
+                zc = constant(names(q.name + "_zp_ft"), _cast_zp(zp, zdt, fq.qmin, fq.qmax))
+                sc = constant(names(q.name + "_scale_ft"), s.reshape(np.asarray(const_value(q.inputs[1])).shape))
+                for node in [q] + [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
+                    node.inputs[1] = sc
+                    if len(node.inputs) > 2:
+                        node.inputs[2] = zc
+                counts["activations"] += 1
+            for key, wq in self.wq.items():
+                dq = nodes[wq.name]
+                s = np.maximum(wq.scale.detach().cpu().numpy().astype(np.float32), 1e-7)
+                sc = constant(names(dq.name + "_scale_ft"), s.reshape(np.asarray(const_value(dq.inputs[1])).shape))
+                src = dq.inputs[0]
+                if src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form
+                    qn = src.inputs[0]
+                    qn.inputs[0] = constant(names(qn.inputs[0].name + "_ft"),
+                                            wq.weight.detach().cpu().numpy().astype(np.float32))
+                    qn.inputs[1] = sc
+                    dq.inputs[1] = sc
+                else:
+                    ints = wq.integer_weight().cpu().numpy()
+                    old = const_value(src)
+                    if wq.fp8:
+                        import ml_dtypes
+
+                        s_full = wq._expand(wq.scale).detach().cpu().numpy()
+                        store = np.clip(wq.weight.detach().cpu().numpy() / s_full, -448, 448).astype(
+                            ml_dtypes.float8_e4m3fn)
+                    else:
+                        store = ints.astype(old.dtype)
+                    dq.inputs[0] = constant(names(src.name + "_ft"), store)
+                    dq.inputs[1] = sc
+                counts["weights"] += 1
+            g.cleanup(remove_unused_graph_inputs=False)
+            return counts
+
+    _MODULE_CLASS = _GraphModule
+    return _GraphModule
+
+
+def _consistent(w: np.ndarray, deq: np.ndarray, scale, axis: int | None, block) -> bool:
+    """``w`` is the float weight ``deq`` was quantized from: they differ by at most half a step."""
+    s = np.asarray(scale, np.float64)
+    if block:
+        step = np.repeat(s, block, axis=0)[: w.shape[0]]
+    elif axis is not None and s.size > 1:
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        step = s.reshape(shape)
+    else:
+        step = s.reshape(())
+    return bool(np.all(np.abs(w.astype(np.float64) - deq.astype(np.float64)) <= 0.5 * step * (1 + 1e-3) + 1e-12))
+
+
+def _cast_zp(zp: np.ndarray, dtype: np.dtype, qmin: int, qmax: int) -> np.ndarray:
+    if "float8" in np.dtype(dtype).name:
+        import ml_dtypes
+
+        return np.zeros(np.shape(zp), ml_dtypes.float8_e4m3fn)
+    return np.clip(np.rint(zp), qmin, qmax).astype(dtype)

@@ -1,0 +1,87 @@
+"""Models from other exporters (models/exotic.py) through the named pipelines: each compiles, stays
+valid, passes lint-trt, keeps its subgraphs, and computes what the FP32 model computes (up to int8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from qcompiler.api import compile_model
+from qcompiler.diagnostics import DiagnosticEngine
+from qcompiler.ir import load_model
+from qcompiler.ir.query import op_histogram
+from qcompiler.quant.lint import lint_model
+from qcompiler.testing import assert_outputs_close, run, sqnr_db
+
+NAMES = ["paddle-opset12", "tf-nhwc-opset11", "identity-shared", "if-subgraph", "loop-subgraph", "residual-opset21"]
+
+
+@pytest.fixture(scope="module")
+def exotic():
+    pytest.importorskip("torch")
+    from qcompiler.zoo import exotic as ex
+
+    return ex
+
+
+def _files(ex, name, tmp_path):
+    m = ex.build(name)
+    src = tmp_path / f"{name}.onnx"
+    onnx.save(m, src)
+    shape = ex.input_shape(m)
+    x = np.random.default_rng(0).standard_normal([16] + shape[1:]).astype(np.float32)
+    calib = tmp_path / f"{name}.npz"
+    np.savez(calib, **{m.graph.input[0].name: x})
+    return src, calib, {m.graph.input[0].name: x[:4]}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fp32_prep_is_exact(exotic, name, tmp_path):
+    src, _, feeds = _files(exotic, name, tmp_path)
+    out = tmp_path / "prep.onnx"
+    compile_model(str(src), str(out), "tidy,fp32-prep", verify_each=True)
+    assert "BatchNormalization" not in op_histogram(load_model(out))
+    assert_outputs_close(src, out, feeds, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trt_int8(exotic, name, tmp_path):
+    src, calib, feeds = _files(exotic, name, tmp_path)
+    out = tmp_path / "int8.onnx"
+    diags = DiagnosticEngine()
+    compile_model(str(src), str(out), "trt-int8", calib_data=str(calib), diagnostics=diags, verify_each=True)
+    m = onnx.load(out)
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version >= 13
+    assert lint_model(out).n_errors == 0
+    g = load_model(out)
+    hist = op_histogram(g)
+    assert hist.get("QuantizeLinear", 0) >= 1
+    ref, got = run(load_model(src), feeds), run(g, feeds)
+    k = next(iter(ref))
+    assert sqnr_db(ref[k], got[k]) > 25.0
+    if name in ("if-subgraph", "loop-subgraph"):
+        assert hist.get("If", 0) + hist.get("Loop", 0) == 1  # subgraph kept, still runs
+    if name.endswith(("opset11", "opset12")):
+        assert any(d.code == "QC305" for d in diags)  # upgraded to 13 with a remark
+
+
+def test_subgraph_layers_are_reported(exotic, tmp_path):
+    src, calib, _ = _files(exotic, "if-subgraph", tmp_path)
+    diags = DiagnosticEngine()
+    compile_model(str(src), str(tmp_path / "o.onnx"), "trt-int8", calib_data=str(calib), diagnostics=diags)
+    assert any("inside If/Loop/Scan" in d.message for d in diags)
+
+
+def test_dynamo_exporter(exotic, tmp_path):
+    pytest.importorskip("onnxscript")
+    m = exotic.build("dynamo-resnet")
+    src = tmp_path / "dyn.onnx"
+    onnx.save(m, src)
+    from qcompiler.zoo import digits, zoo
+
+    out = tmp_path / "dyn.int8.onnx"
+    compile_model(str(src), str(out), "trt-int8", calib_data=str(zoo.calibration_npz("resnet", 64)))
+    assert lint_model(out).n_errors == 0
+    assert digits.evaluate(str(out)) >= digits.evaluate(str(src)) - 0.5
