@@ -28,6 +28,10 @@ class QuantOptions:
     fold_residual: bool = option(False, "fold y = Conv(x) + x into the conv kernel")
     weights: str = option("dq", "weight storage: dq (int8 initializer + DQ) or qdq (float + Q + DQ)", choices=("dq", "qdq"))
     bias_correct: bool = option(False, "empirical bias correction after insert-qdq (needs calibration data)")
+    finetune: str = option("none", "fine-tune after insert-qdq in torch: adaround (rounding) or lsq (step sizes)",
+                           choices=("none", "adaround", "lsq"))
+    target_sqnr: float = option(0.0, "if > 0: keep the most sensitive layers float until the output SQNR (dB) "
+                                     "reaches this (mixed-precision pass)", min=0.0)
 
 
 def _quant(target: str, precision: str):
@@ -43,6 +47,10 @@ def _quant(target: str, precision: str):
         cal = f"calibrate{{target={target} precision={precision}" + (f" method={o.calib}" if o.calib != "auto" else "") + "}"
         ins = f"insert-qdq{{target={target} precision={precision}" + (f" weights={o.weights}" if o.weights != "dq" else "") + "}"
         tail = ["bias-correct"] if o.bias_correct else []
+        if o.finetune != "none":
+            tail.append(o.finetune)
+        if o.target_sqnr > 0:
+            tail.append(f"mixed-precision{{target-sqnr={format_value(o.target_sqnr)}}}")
         return ",".join(prep + [cal, ins] + tail + ["cleanup"])
     return build
 
@@ -70,4 +78,3 @@ register_pipeline(NamedPipeline(
     _quant("onnxruntime", "int8"), QuantOptions,
     doc="u8 affine activations, s8 per-channel weights, int32 biases (onnxruntime's QLinearConv/QGemm path)."))
 
-del format_value

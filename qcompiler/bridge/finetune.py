@@ -95,7 +95,8 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
         groups.append({"params": ws, "lr": weight_lr})
     opt = torch.optim.Adam(groups)
     with torch.no_grad():
-        targets = [teacher({k: torch.as_tensor(v) for k, v in b.items()})[out_name] for b in batches]
+        batches = [{k: np.array(v) for k, v in b.items()} for b in batches]  # writable copies for torch
+        targets = [teacher({k: torch.from_numpy(v) for k, v in b.items()})[out_name] for b in batches]
     lossf = loss_fn or (lambda y, t, _labels: torch.mean((y - t) ** 2))
 
     def evaluate() -> float:
@@ -144,7 +145,7 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
     layers = [n for n in layers if n.name in ref_names]
     if not layers:
         raise BridgeError("no quantized layer with a stored integer weight to round", code="QC603")
-    feeds = [{k: torch.as_tensor(v) for k, v in b.items()} for b in batches]
+    feeds = [{k: torch.from_numpy(np.array(v)) for k, v in b.items()} for b in batches]
     with torch.no_grad():
         fp_out = {n.name: [] for n in layers}
         for f in feeds:

@@ -440,6 +440,9 @@ def pad(ins, a, opset):
     torch_pads: list[int] = []
     for i in reversed(range(n)):
         torch_pads += [pads[i], pads[i + n]]
+    if mode != "constant":  # torch pads only trailing (spatial) dims in these modes: drop leading zero pairs
+        while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
+            torch_pads = torch_pads[:-2]
     return [F.pad(x, torch_pads, mode={"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode],
                   value=value if mode == "constant" else None)]
 
