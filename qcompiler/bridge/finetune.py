@@ -76,23 +76,24 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
     student = GraphModule(qdq, reference=fp32)
     teacher = GraphModule(fp32)
     out_name = student.output_names[0]
-    params = []
+    # Adam is invariant to gradient scale, so LSQ's gradient scaling alone would let ``lr`` move a step size
+    # by the same absolute amount whatever its magnitude: each step size gets lr relative to its own size
+    groups = []
     for fq in student.fq.values():
         fq.scale.requires_grad_(True)
-        params.append(fq.scale)
+        groups.append({"params": [fq.scale], "lr": lr * float(fq.scale.detach().abs().mean())})
         if plus and fq.qmin >= 0:  # affine grid: learnable offset (LSQ+)
             fq.learn_offset = True
             fq.offset.requires_grad_(True)
-            params.append(fq.offset)
+            groups.append({"params": [fq.offset], "lr": lr * float(fq.scale.detach().abs().mean())})
     for wq in student.wq.values():
         wq.scale.requires_grad_(True)
-        params.append(wq.scale)
-    groups = [{"params": params, "lr": lr}]
+        groups.append({"params": [wq.scale], "lr": lr * float(wq.scale.detach().abs().mean())})
     if train_weights:
-        ws = [wq.weight for wq in student.wq.values()]
-        for w in ws:
-            w.requires_grad_(True)
-        groups.append({"params": ws, "lr": weight_lr})
+        for wq in student.wq.values():
+            wq.weight.requires_grad_(True)
+            groups.append({"params": [wq.weight], "lr": weight_lr * float(wq.weight.detach().abs().mean()) * 100})
+    snapshot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     opt = torch.optim.Adam(groups)
     with torch.no_grad():
         batches = [{k: np.array(v) for k, v in b.items()} for b in batches]  # writable copies for torch
@@ -127,6 +128,11 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
     if bar is not None:
         bar.close()
     after = evaluate()
+    if not after < before:  # never make the model worse than its calibration: keep the starting point
+        student.load_state_dict(snapshot)
+        for fq in student.fq.values():
+            fq.learn_offset = False
+        after = before
     written = student.write_back()
     return FinetuneResult("lsq+" if plus else "lsq", iters, dt, dt / max(iters, 1), before, after, written)
 
@@ -195,13 +201,16 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
                 bar.set_postfix(layer=layer.name[-24:], rec=f"{float(rec):.3g}")
         with torch.no_grad():  # freeze the hard decision for the layers that follow
             ints = wq.integer_weight()
+            master = wq.weight.detach().clone()
             s = wq._expand(wq.scale)
             z = wq._expand(wq.zero_point)
-            wq.weight.copy_((ints - z) * s)
+            wq.weight.copy_((ints - z) * s)  # on the grid: nearest rounding reproduces the learned integers
             wq.mode = "nearest"
             wq.alpha = None
-            wq._frozen_int = ints
             after = float(np.mean([float(torch.mean((run(x) - t) ** 2)) for x, t in zip(xs, targets)]))
+            if after > before:  # learned rounding worse than nearest on this layer: keep nearest
+                wq.weight.copy_(master)
+                after = before
         total_before += before
         total_after += after
     dt = time.perf_counter() - t0

@@ -81,12 +81,16 @@ class EmaState:
         return self.s + (1.0 - self.c) ** self.n * self.first
 
 
+#: smallest histogram range 2**MIN_EXP: keeps bins / R finite in float32 (all-zero tensors included)
+MIN_EXP = -100
+
+
 def _pow2_above(amax: float) -> int:
     """Exponent e with 2**e > amax (strictly), for amax >= 0."""
     if amax <= 0.0 or not math.isfinite(amax):
-        return -126
+        return MIN_EXP
     m, e = math.frexp(amax)  # amax = m * 2**e, 0.5 <= m < 1
-    return e
+    return max(e, MIN_EXP)
 
 
 @dataclass
@@ -100,7 +104,7 @@ class TensorStats:
     ema_min: EmaState | None = None
     ema_max: EmaState | None = None
     hist: np.ndarray | None = None  # int64 [2*bins]
-    hist_exp: int = -126  # R = 2**hist_exp
+    hist_exp: int = -100  # R = 2**hist_exp
     range: tuple[np.ndarray, np.ndarray] | None = None  # chosen (lo, hi) after finalize
     extra: dict[str, Any] = field(default_factory=dict)
 
