@@ -134,7 +134,10 @@ def w_qcompiler(task: dict) -> dict:
                         config=task.get("config"), calib_cache=task.get("cache"),
                         calib_options={"batch_size": task.get("batch", 8)})
     wall = time.perf_counter() - t0
+    ft = res.context.artifacts.get("finetune")
     out = {"wall_s": round(wall, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
+           "finetune_s": round(ft.seconds, 2) if ft else None,
+           "finetune_ms_per_iter": round(1000 * ft.seconds_per_iteration, 2) if ft else None,
            "calib_s": round(res.context.timings.get("calibrate.total", 0.0), 3),
            "passes_s": round(sum(r.seconds for r in res.result.records), 3),
            "passes_wo_calib_s": round(sum(r.seconds for r in res.result.records if r.name != "calibrate"), 3)}
@@ -514,12 +517,44 @@ class Bench:
                         acc.append({"model": m, "weights": f"{dtype} {scheme}", "pipeline": pipe, **r})
         self.results["sections"]["cle"] = {"layers": rows, "accuracy": acc}
 
+    def recovery(self) -> None:
+        models = self.args.models or (QUICK_DIGITS if self.args.quick else DIGITS)
+        rows = []
+        pipes = ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}", "trt-int8{bias-correct=true}",
+                 "trt-int8{calib=min_max bias-correct=true}", "trt-int8{finetune=adaround}", "trt-int8{finetune=lsq}",
+                 "trt-int8{target-sqnr=40}"]
+        if self.args.quick:
+            pipes = ["trt-int8", "trt-int8{bias-correct=true}", "trt-int8{finetune=lsq}"]
+        w4 = self.work / "w4.yaml"
+        w4.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
+        pt = self.work / "pt8.yaml"
+        pt.write_text("global:\n  weight: {dtype: s8, qscheme: per_tensor_symmetric}\n")
+        plans = [("int8", None, pipes)]
+        plans.append(("W4A8", str(w4), ["trt-int8", "trt-int8{bias-correct=true}", "trt-int8{finetune=adaround}",
+                                        "trt-int8{finetune=lsq}"]))
+        for m in models:
+            for tag, cfg, ps in plans:
+                for p in ps:
+                    log(f"[recovery] {m} {tag} {p}")
+                    out = str(self.work / f"rec-{m}-{tag}-{abs(hash(p)) % 10**8}.onnx")
+                    r = run_task({"kind": "qcompiler", "src": self.prepped(m), "out": out, "pipeline": p,
+                                  "calib": self.calib(m, 256), "config": cfg, "digits": True})
+                    rows.append({"model": m, "setting": tag, "pipeline": p, **r})
+        for p in ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}", "trt-int8{finetune=lsq}",
+                  "trt-int8{cle=true finetune=lsq}"]:
+            log(f"[recovery] mobilenetv2 per-tensor int8 weights {p}")
+            out = str(self.work / f"rec-pt-{abs(hash(p)) % 10**8}.onnx")
+            r = run_task({"kind": "qcompiler", "src": self.prepped("mobilenetv2"), "out": out, "pipeline": p,
+                          "calib": self.calib("mobilenetv2", 256), "config": str(pt), "digits": True})
+            rows.append({"model": "mobilenetv2", "setting": "int8 per-tensor weights", "pipeline": p, **r})
+        self.results["sections"]["recovery"] = rows
+
     def run(self) -> dict:
         sections = self.args.sections.split(",")
         for s in sections:
             t0 = time.perf_counter()
             {"accuracy": self.accuracy, "calib": self.calib_scaling, "compile": self.compile_time,
-             "latency": self.latency, "cle": self.cle}[s]()
+             "latency": self.latency, "cle": self.cle, "recovery": self.recovery}[s]()
             log(f"[{s}] {time.perf_counter() - t0:.0f} s")
         return self.results
 
@@ -557,6 +592,19 @@ def render(res: dict) -> str:
                        f"{_fmt(r.get('peak_rss_mib'), 0)} |")
         if "modelopt" in res:
             out += ["", f"NVIDIA ModelOpt: skipped: {res['modelopt']}"]
+        out.append("")
+    if "recovery" in s:
+        out += ["### Accuracy recovery (digits test split)", "",
+                "| model | setting | pipeline | top-1 | SQNR dB | fine-tuning s | ms/iteration | lint err/warn |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in s["recovery"]:
+            if not r.get("ok"):
+                out.append(f"| {r['model']} | {r['setting']} | `{r['pipeline']}` | failed: {r.get('error', '?')[:80]} "
+                           "| | | | |")
+                continue
+            out.append(f"| {r['model']} | {r['setting']} | `{r['pipeline']}` | {_fmt(r.get('top1'))} | "
+                       f"{_fmt(r.get('sqnr_db'), 1)} | {_fmt(r.get('finetune_s'), 1)} | "
+                       f"{_fmt(r.get('finetune_ms_per_iter'), 1)} | {r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} |")
         out.append("")
     if "calib" in s:
         out += ["### Calibration on the ResNet-50-sized model (224x224, batch 8)", "",
@@ -619,7 +667,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset (a few minutes on 2 cores)")
-    ap.add_argument("--sections", default="accuracy,calib,compile,latency,cle")
+    ap.add_argument("--sections", default="accuracy,recovery,calib,compile,latency,cle")
     ap.add_argument("--models", type=lambda s: s.split(","), default=None, help="digits zoo models for accuracy")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="write all numbers here")

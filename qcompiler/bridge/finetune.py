@@ -53,6 +53,12 @@ def _setup(seed: int):
     return torch
 
 
+def device() -> str:
+    """CUDA when torch sees a GPU, else the CPU."""
+    torch = _torch()
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def collect_inputs(data, graph: gs.Graph, max_samples: int, diagnostics=None) -> list[dict[str, np.ndarray]]:
     """Calibration batches (bounded by max_samples) kept for training."""
     from ..calib.data import CalibData, DataOptions
@@ -73,8 +79,9 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
         train_weights: bool = False, plus: bool = False, weight_lr: float = 1e-5, seed: int = 0,
         loss_fn: Callable | None = None, labels: list | None = None, progress: bool = False) -> FinetuneResult:
     torch = _setup(seed)
-    student = GraphModule(qdq, reference=fp32)
-    teacher = GraphModule(fp32)
+    dev = device()
+    student = GraphModule(qdq, reference=fp32).to(dev)
+    teacher = GraphModule(fp32).to(dev)
     out_name = student.output_names[0]
     # Adam is invariant to gradient scale, so LSQ's gradient scaling alone would let ``lr`` move a step size
     # by the same absolute amount whatever its magnitude: each step size gets lr relative to its own size
@@ -96,22 +103,21 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
     snapshot = {k: v.detach().clone() for k, v in student.state_dict().items()}
     opt = torch.optim.Adam(groups)
     with torch.no_grad():
-        batches = [{k: np.array(v) for k, v in b.items()} for b in batches]  # writable copies for torch
-        targets = [teacher({k: torch.from_numpy(v) for k, v in b.items()})[out_name] for b in batches]
+        tensors = [{k: torch.from_numpy(np.array(v)).to(dev) for k, v in b.items()} for b in batches]
+        targets = [teacher(f)[out_name] for f in tensors]
     lossf = loss_fn or (lambda y, t, _labels: torch.mean((y - t) ** 2))
 
     def evaluate() -> float:
         with torch.no_grad():
-            return float(np.mean([float(lossf(student({k: torch.as_tensor(v) for k, v in b.items()})[out_name], t,
-                                              labels[i] if labels else None))
-                                  for i, (b, t) in enumerate(zip(batches, targets))]))
+            return float(np.mean([float(lossf(student(f)[out_name], t, labels[i] if labels else None))
+                                  for i, (f, t) in enumerate(zip(tensors, targets))]))
 
     before = evaluate()
     bar = _progress(progress, iters, "lsq")
     t0 = time.perf_counter()
     for it in range(iters):
-        k = it % len(batches)
-        y = student({n: torch.as_tensor(v) for n, v in batches[k].items()})[out_name]
+        k = it % len(tensors)
+        y = student(tensors[k])[out_name]
         loss = lossf(y, targets[k], labels[k] if labels else None)
         opt.zero_grad()
         loss.backward()
@@ -143,15 +149,16 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
     torch = _setup(seed)
     from .ops import OPS
 
-    student = GraphModule(qdq, reference=fp32)
-    teacher = GraphModule(fp32)
+    dev = device()
+    student = GraphModule(qdq, reference=fp32).to(dev)
+    teacher = GraphModule(fp32).to(dev)
     layers = [n for n in qdq.nodes if n.op in WEIGHTED and n.inputs[1].inputs and
               n.inputs[1].inputs[0].op == "DequantizeLinear" and _key_of(n.inputs[1].inputs[0]) in student.wq]
     ref_names = {n.name for n in fp32.nodes}
     layers = [n for n in layers if n.name in ref_names]
     if not layers:
         raise BridgeError("no quantized layer with a stored integer weight to round", code="QC603")
-    feeds = [{k: torch.from_numpy(np.array(v)) for k, v in b.items()} for b in batches]
+    feeds = [{k: torch.from_numpy(np.array(v)).to(dev) for k, v in b.items()} for b in batches]
     with torch.no_grad():
         fp_out = {n.name: [] for n in layers}
         for f in feeds:

@@ -102,6 +102,7 @@ def _make_module_class():
             self.wq = torch.nn.ModuleDict()  # weight fake-quant, keyed by DQ node
             self.const: dict[str, Any] = {}
             self._attr_values: dict[str, Any] = {}
+            self._moved: dict[tuple[str, str], Any] = {}  # constants copied to the device the inputs are on
             self._plan: list[tuple[str, gs.Node]] = []
             ref_layers = {n.name: n for n in reference.nodes} if reference is not None else {}
             consumers_of: dict[str, list[gs.Node]] = {}
@@ -236,7 +237,17 @@ def _make_module_class():
                     c = self.const[t.name]
                 else:
                     raise BridgeError(f"tensor '{t.name}' is used before it is computed", code="QC602")
-            return self.params[c[1]] if c[0] == "param" else c[1]
+            if c[0] == "param":
+                return self.params[c[1]]
+            v = c[1]
+            dev = env.get("__device__")
+            if dev is not None and isinstance(v, torch.Tensor) and v.device != dev:
+                key = (t.name, str(dev))
+                moved = self._moved.get(key)
+                if moved is None:
+                    moved = self._moved[key] = v.to(dev)
+                return moved
+            return v
 
         def forward(self, *args, capture: set[str] | None = None, until: str | None = None, **feeds):
             if args:
@@ -248,6 +259,8 @@ def _make_module_class():
             for name in self.input_names:
                 v = feeds[name]
                 env[name] = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+            if self.input_names:
+                env["__device__"] = env[self.input_names[0]].device
             captured: dict[str, Any] = {}
             wq_q = getattr(self, "wq_q", set())
             for kind, n in self._plan:
@@ -267,7 +280,10 @@ def _make_module_class():
                     if n.op == "Split":
                         attrs = dict(attrs, __n_outputs__=len(n.outputs))
                     elif n.name in self._attr_values:
-                        attrs = dict(attrs, __value__=self._attr_values[n.name])
+                        v = self._attr_values[n.name]
+                        if v is not None and v.device != env["__device__"]:
+                            v = v.to(env["__device__"])
+                        attrs = dict(attrs, __value__=v)
                     outs = OPS[n.op](ins, attrs, self.opset)
                     for t, v in zip(n.outputs, outs):
                         if t.name:

@@ -399,9 +399,20 @@ def choose_ir_version(model: onnx.ModelProto, previous: int | None) -> int:
     return min(need, MAX_IR_VERSION)
 
 
+def _wrap_packed_constants(graph: gs.Graph) -> None:
+    """4-bit (and other sub-byte) numpy constants go to the exporter as ONNX protos: graphsurgeon would write
+    one byte per element, onnx packs two (a constant becomes numpy when a pass reads its values)."""
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant) and isinstance(t._values, np.ndarray) and \
+                    t._values.dtype.name in ("int4", "uint4", "float4_e2m1fn"):
+                t._values = LazyValues(onnx.numpy_helper.from_array(t._values, t.name))
+
+
 def export_model(graph: gs.Graph, *, do_type_check: bool = False) -> onnx.ModelProto:
     """Turn a graph back into a ModelProto.  Lazily loaded external tensors stay external (no bytes)."""
     meta = get_meta(graph)
+    _wrap_packed_constants(graph)
     try:
         model = gs.export_onnx(graph, do_type_check=do_type_check)
     except Exception as exc:

@@ -178,3 +178,24 @@ def test_w4_and_fractional_weights(zoo, tmp_path):
         top = 7 if dtype == "s4" else 102
         assert ints and max(int(np.abs(a).max()) for a in ints) <= top
         assert lint_model(dst).n_errors == 0
+
+
+def test_blocked_int4_matmul_weights(zoo, tmp_path):
+    rp = tmp_path / "int4.yaml"
+    rp.write_text("op_types:\n  MatMul: {weight: {dtype: s4, block_size: 32}}\n")
+    dst = tmp_path / "int4.onnx"
+    diags = DiagnosticEngine()
+    compile_model(str(zoo.onnx_path("transformer")), str(dst), "trt-int8", config=str(rp),
+                  calib_data=str(zoo.calibration_npz("transformer", 64)), diagnostics=diags)
+    m = onnx.load(dst)
+    assert m.opset_import[0].version == 21
+    assert any("blocked int4" in d.message for d in diags)
+    int4 = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert int4 and all(len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2 for t in int4)  # packed
+    blocked = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and
+               any(a.name == "block_size" and a.i == 32 for a in n.attribute)]
+    weights = {t.name for t in int4} & {n.input[0] for n in blocked}
+    assert len(blocked) == 8 and len(weights) == 8  # qkv, proj, fc1, fc2 of both encoder layers
+    assert lint_model(dst).n_errors == 0
+    out = run(load_model(dst), random_feeds(load_model(dst), batch=2), opt_level="basic")
+    assert np.isfinite(out["logits"]).all()
