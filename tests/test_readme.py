@@ -35,11 +35,12 @@ def env(tmp_path, zoo):
     return e
 
 
-@pytest.mark.parametrize("index", range(len(blocks("bash"))))
-def test_bash_blocks(index, env, tmp_path):
-    script = "set -euo pipefail\n" + blocks("bash")[index]
-    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_bash_blocks_in_order(env, tmp_path):
+    """The shell examples, in README order, in one working folder (later blocks use earlier outputs)."""
+    for index, block in enumerate(blocks("bash")):
+        script = "set -euo pipefail\n" + block
+        r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"README bash block {index}:\n{r.stdout}{r.stderr}"
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
