@@ -37,6 +37,7 @@ from qcompiler.ir.io import copy_graph
 from qcompiler.ir.query import const_value, is_graph_output
 from qcompiler.ir.runtime import Session
 from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.quant.qspec import dequantize_linear, quantize_linear
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -127,31 +128,23 @@ def _dequantized_weight(node: gs.Node) -> np.ndarray | None:
         return None
     src = dq.inputs[0]
     q = const_value(src)
+    block = dq.attrs.get("block_size")
+    axis = int(dq.attrs.get("axis", 1))
     if q is None and src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form
         qn = src.inputs[0]
         x = const_value(qn.inputs[0])
         if x is None:
             return None
-        from qcompiler.quant.strip import _dequantize
-
-        s, z = const_value(qn.inputs[1]), const_value(qn.inputs[2])
-        axis = int(qn.attrs.get("axis", 1))
-        shape = [1] * x.ndim
-        if np.asarray(s).size > 1:
-            shape[axis] = -1
-        sr = np.asarray(s, np.float32).reshape(shape)
-        zr = np.asarray(z).astype(np.float32).reshape(shape)
-        qv = np.clip(np.rint(x.astype(np.float32) / sr) + zr, -128, 127)
-        return ((qv - zr) * sr).astype(np.float32)
+        s = const_value(qn.inputs[1])
+        z = const_value(qn.inputs[2]) if len(qn.inputs) > 2 and qn.inputs[2].name else None
+        dtype = z.dtype if z is not None else np.uint8  # ONNX: no zero point means uint8
+        q = quantize_linear(x, s, z, axis, block, dtype)
+        return dequantize_linear(q, s, z, axis, block)
     if q is None:
         return None
-    from qcompiler.quant.strip import _dequantize
-
     s = const_value(dq.inputs[1])
     z = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2].name else None
-    axis = int(dq.attrs.get("axis", 1))
-    axis = axis + q.ndim if axis < 0 else axis
-    return _dequantize(q, s, z, axis, dq.attrs.get("block_size"))
+    return dequantize_linear(q, s, z, axis, block)
 
 
 def _relu_normal_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import bypass_node, ensure_sorted, replace_all_uses
-from qcompiler.ir.io import iter_graphs, name_unnamed_nodes
+from qcompiler.ir.io import name_unnamed_nodes
 from qcompiler.ir.query import is_graph_input, is_graph_output, subgraph_referenced_names
 from qcompiler.pm import Pass, PassResult, option, register_pass
 

@@ -16,6 +16,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from .diagnostics import DiagnosticEngine, ModelSaveError, QCompilerError, Severity, UsageError
+from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
 from .ir.io import get_meta
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Reproducer, Timing, load_pipeline
@@ -129,26 +130,9 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     used = ctx.artifacts.get("recipe_used")
     if save_recipe and used is not None:
         rp = Path(str(out) + ".recipe.json")
-        _atomic_write_text(rp, json.dumps(used, indent=2, sort_keys=True) + "\n")
+        atomic_write(rp, json.dumps(used, indent=2, sort_keys=True) + "\n")
         extra.append(rp)
     return CompileResult(graph, str(spec), result, diags, ctx, written, extra)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=".qc-", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def severity_from_name(name: str) -> Severity:

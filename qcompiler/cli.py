@@ -13,7 +13,6 @@ import os
 import sys
 import textwrap
 import traceback
-from pathlib import Path
 from typing import Any, Sequence
 
 from .diagnostics import (Diagnostic, DiagnosticEngine, QCompilerError, Severity, UsageError, render_json,

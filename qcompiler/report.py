@@ -18,7 +18,7 @@ import html
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .diagnostics import QCompilerError
+from .fsutil import atomic_write
 from .ir import load_model
 from .ir.io import copy_graph, get_meta
 from .ir.query import const_value
@@ -122,12 +123,12 @@ def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
                 rn = ref_nodes.get(n.name)
                 w = const_value(rn.inputs[k]) if rn is not None and k < len(rn.inputs) else None
                 if w is None:
-                    from .quant.strip import _dequantize
+                    from .quant.qspec import dequantize_linear
 
                     qv = const_value(src)
                     zp = const_value(dq.inputs[2]) if len(dq.inputs) > 2 else None
                     axis = int(dq.attrs.get("axis", 1))
-                    w = _dequantize(qv, const_value(dq.inputs[1]), zp, axis % max(qv.ndim, 1), dq.attrs.get("block_size"))
+                    w = dequantize_linear(qv, const_value(dq.inputs[1]), zp, axis % max(qv.ndim, 1), dq.attrs.get("block_size"))
                 n.inputs[k] = gs.Constant(t.name + "__float", np.asarray(w, np.float32))
     g.cleanup(remove_unused_graph_inputs=False)
     return g
@@ -317,9 +318,9 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
         summary["recipe"] = json.loads(recipe_file.read_text())
     files = []
     p = out / "report.json"
-    p.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    atomic_write(p, json.dumps(summary, indent=2, default=_json_default) + "\n")
     files.append(p)
-    md = [f"# Quantization report", "", f"* FP32: `{fp32_path}`", f"* quantized: `{qdq_path}`",
+    md = ["# Quantization report", "", f"* FP32: `{fp32_path}`", f"* quantized: `{qdq_path}`",
           f"* pipeline: `{summary['pipeline']}`", f"* samples: {summary['samples']}",
           f"* output SQNR vs FP32: **{summary['output_sqnr_db']:.1f} dB**"]
     if summary.get("top1") is not None:
@@ -331,15 +332,15 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
         md.append(f"| `{row['layer']}` | {row['sqnr_db']:.1f} | "
                   f"{row.get('sensitivity_sqnr_db', float('nan')):.1f} |")
     p = out / "report.md"
-    p.write_text("\n".join(md) + "\n")
+    atomic_write(p, "\n".join(md) + "\n")
     files.append(p)
     images = _plots(layer_sqnr, sens, hists) if plots else {}
     p = out / "report.html"
-    p.write_text(_html(summary, images))
+    atomic_write(p, _html(summary, images))
     files.append(p)
     for k, v in images.items():
         ip = out / f"{k}.png"
-        ip.write_bytes(base64.b64decode(v))
+        atomic_write(ip, base64.b64decode(v))
         files.append(ip)
     return files
 

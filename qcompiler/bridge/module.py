@@ -26,6 +26,7 @@ from ..diagnostics import BridgeError
 from ..ir.edit import Namer
 from ..ir.io import iter_graphs
 from ..ir.query import const_value
+from ..quant.qspec import dequantize_linear, storage_grid
 from .ops import OPS
 
 SUPPORTED = sorted(set(OPS) | {"QuantizeLinear", "DequantizeLinear"})
@@ -42,14 +43,6 @@ def _torch():
 
 def _key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
-
-
-def _grid(zp_dtype: np.dtype | str, narrow: bool = False) -> tuple[int, int, bool]:
-    name = np.dtype(zp_dtype).name if not isinstance(zp_dtype, str) else zp_dtype
-    if "float8" in name:
-        return -448, 448, True
-    return {"int8": (-128, 127), "uint8": (0, 255), "int4": (-8, 7), "uint4": (0, 15), "int16": (-32768, 32767),
-            "uint16": (0, 65535), "int32": (-2**31, 2**31 - 1)}[name] + (False,)
 
 
 def check_supported(graph: gs.Graph) -> None:
@@ -104,6 +97,7 @@ def _make_module_class():
             self._attr_values: dict[str, Any] = {}
             self._moved: dict[tuple[str, str], Any] = {}  # constants copied to the device the inputs are on
             self._plan: list[tuple[str, gs.Node]] = []
+            self._weight_q: set[str] = set()  # Q nodes of weights=qdq weights, folded into self.wq
             ref_layers = {n.name: n for n in reference.nodes} if reference is not None else {}
             consumers_of: dict[str, list[gs.Node]] = {}
             for n in graph.nodes:
@@ -118,7 +112,7 @@ def _make_module_class():
                     self._add_weight_dq(n, consumers_of, ref_layers, handled_dq)
             for n in graph.nodes:
                 if n.op == "QuantizeLinear":
-                    self._plan.append(("q", n))
+                    self._plan.append(("skip" if n.name in self._weight_q else "q", n))
                 elif n.op == "DequantizeLinear":
                     self._plan.append(("dq", n) if _key(n.name) in self.wq else ("skip", n))
                 else:
@@ -159,20 +153,16 @@ def _make_module_class():
             zp, zdt = _zp_value(q)
             if scale is None:
                 raise BridgeError("QuantizeLinear with a non-constant scale", node=q.name, code="QC602")
-            qmin, qmax, fp8 = _grid(zdt)
+            qmin, qmax, fp8 = storage_grid(zdt)
             axis = int(q.attrs.get("axis", 1)) if np.asarray(scale).size > 1 else None
             x = q.inputs[0]
             W = const_value(x)
             if W is not None and W.dtype.kind == "f":  # weights=qdq: Q(float weight) -> DQ
-                for dq in dqs:
-                    layer = (consumers_of.get(dq.outputs[0].name) or [None])[0]
-                    master = W  # weights=qdq keeps the float weight itself
-                    self.wq[_key(dq.name)] = WeightFakeQuant(dq.name, master, scale,
-                                                             np.asarray(zp, np.float32), qmin, qmax,
-                                                             axis, fp8=fp8)
+                for dq in dqs:  # weights=qdq keeps the float weight itself as the master copy
+                    self.wq[_key(dq.name)] = WeightFakeQuant(dq.name, W, scale, np.asarray(zp, np.float32),
+                                                             qmin, qmax, axis, fp8=fp8)
                     handled_dq.add(dq.name)
-                    self._dq_key = True
-                self.wq_q = getattr(self, "wq_q", set()) | {q.name}
+                self._weight_q.add(q.name)
                 return
             self.fq[_key(q.name)] = FakeQuant(q.name, scale, np.asarray(zp, np.float32), qmin, qmax, axis, fp8)
             for dq in dqs:
@@ -186,15 +176,12 @@ def _make_module_class():
                                   node=dq.name, code="QC602")
             scale = const_value(dq.inputs[1])
             zp, zdt = _zp_value(dq)
-            qmin, qmax, fp8 = _grid(q.dtype if q.dtype.kind != "V" else zdt)
+            qmin, qmax, fp8 = storage_grid(q.dtype if q.dtype.kind != "V" else zdt)
             if q.dtype == np.int32:  # an int32 bias (onnxruntime target): a fixed constant
-                from ..quant.strip import _dequantize
-
                 axis = int(dq.attrs.get("axis", 1))
                 self.const[dq.outputs[0].name] = ("value", torch.as_tensor(
-                    _dequantize(q, scale, zp, axis % max(q.ndim, 1), None)))
+                    dequantize_linear(q, scale, zp, axis % max(q.ndim, 1), None)))
                 handled_dq.add(dq.name)
-                self._plan_bias = getattr(self, "_plan_bias", set()) | {dq.name}
                 return
             axis = int(dq.attrs.get("axis", 1)) if np.asarray(scale).size > 1 else None
             if axis is not None and axis < 0:
@@ -208,9 +195,7 @@ def _make_module_class():
                     qmin, qmax = -m, m
                 elif m >= qmax:
                     qmin = -qmax  # narrow range: never -128
-            from ..quant.strip import _dequantize
-
-            deq = _dequantize(q.astype(np.float32) if q.dtype.kind == "V" else q, scale, zp,
+            deq = dequantize_linear(q.astype(np.float32) if q.dtype.kind == "V" else q, scale, zp,
                               axis if axis is not None else 0, block)
             layer = (consumers_of.get(dq.outputs[0].name) or [None])[0]
             master = deq
@@ -262,13 +247,10 @@ def _make_module_class():
             if self.input_names:
                 env["__device__"] = env[self.input_names[0]].device
             captured: dict[str, Any] = {}
-            wq_q = getattr(self, "wq_q", set())
             for kind, n in self._plan:
                 if kind == "skip":
                     continue
                 if kind == "q":
-                    if n.name in wq_q:
-                        continue
                     y = self.fq[_key(n.name)](self._value(env, n.inputs[0]))
                     for dq in n.outputs[0].outputs:
                         env[dq.outputs[0].name] = y

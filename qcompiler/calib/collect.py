@@ -8,7 +8,9 @@ ReduceMin/ReduceMax nodes were measured too: they cost more than exposing on the
 docs/benchmarks.md.)
 
 The model's own outputs are removed from the augmented graph, so onnxruntime runs only what the
-statistics need.  Per batch, the memory held is one batch of inputs, the session's working set and
+statistics need.  Batches are run in slices whose exposed tensors fit a small budget
+(``run_budget_mib``): exposed tensors are fresh buffers onnxruntime cannot reuse, and once they
+outgrow the caches the run slows down well beyond plain inference.  Per batch, the memory held is one batch of inputs, the session's working set and
 the exposed tensors of that batch; nothing grows with the number of samples.
 """
 
@@ -32,6 +34,12 @@ from .observers import ObserverConfig, TensorStats
 #: ``hist_sample=0`` (auto): histogram at most this many elements of each sample of each tensor
 AUTO_SAMPLE_CAP = 1 << 13
 
+#: Exposed tensors of one onnxruntime run, in MiB.  Every exposed tensor is a fresh buffer that
+#: onnxruntime cannot reuse, so a batch whose exposed tensors outgrow the CPU caches runs far slower
+#: than plain inference (ResNet-50, batch 8, 69 tensors: +45%); slicing the batch keeps them in cache
+#: (+10%), docs/benchmarks.md.
+DEFAULT_RUN_BUDGET_MIB = 32.0
+
 
 @dataclass
 class CollectOptions:
@@ -40,6 +48,9 @@ class CollectOptions:
     opt_level: str = "all"
     hist_sample: int = 0  # histogram every k-th element of each sample (0: auto, 1: all)
     progress: bool = False
+    #: run onnxruntime on slices of each batch whose exposed tensors total at most this many MiB
+    #: (0: whole batches).  Statistics do not depend on it (see :func:`sample_view`).
+    run_budget_mib: float = DEFAULT_RUN_BUDGET_MIB
 
 
 def sample_view(x: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -96,6 +107,10 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
     return g, probes
 
 
+def _static_dim(d) -> bool:
+    return isinstance(d, (int, np.integer)) and int(d) > 0
+
+
 def _np_minmax(x: np.ndarray, axis: int | None, nonneg: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if axis is None:
         mx = np.asarray(x.max(), np.float64)
@@ -125,36 +140,49 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
         bar = tqdm(unit="sample", desc="calibrate", leave=False, dynamic_ncols=True)
     t_run = t_stats = 0.0
     samples = 0
+    # slices of a batch give the same statistics (min/max and per-sample histogram subsampling do not see
+    # batching), except the moving average, which is defined per batch; a fixed batch dim cannot be sliced
+    sliceable = (opts.run_budget_mib > 0 and not any(p.cfg.method == "moving_average" for p in probes)
+                 and all(t.shape and not _static_dim(t.shape[0]) for t in g.inputs))
+    step: int | None = None  # samples per run once the first run has shown the exposed bytes per sample
     try:
-        for first, feeds in data.batches(graph, diagnostics, opts.batch_size):
-            n = next(iter(feeds.values())).shape[0] if feeds else 0
-            ta = time.perf_counter()
-            ort_feeds = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()
-                         if k in need_feed}
-            try:
-                vals = sess.sess.run_with_ort_values(out_names, ort_feeds)
-            except Exception as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CalibrationError(f"onnxruntime failed on the batch starting at sample {first}: {msg}",
-                                       code="QC406", hint="check that the data matches the model inputs") from None
-            tb = time.perf_counter()
-            t_run += tb - ta
-            for p in probes:
-                st = stats[p.name]
-                x = feeds[p.name] if p.mode == "input" else vals[index[p.name]].numpy()  # no copy
-                mn, mx = _np_minmax(x, p.cfg.axis, p.nonneg)
-                if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
-                    raise CalibrationError(f"tensor '{p.name}' takes non-finite values on the batch starting at "
-                                           f"sample {first}", code="QC406",
-                                           hint="the model overflows or divides by zero on this data")
-                st.update_minmax(mn, mx, n)
-                if p.cfg.needs_hist():
-                    st.update_hist(sample_view(x, n, opts.hist_sample), float(np.min(mn)), float(np.max(mx)))
-            del vals
-            t_stats += time.perf_counter() - tb
-            samples += n
-            if bar is not None:
-                bar.update(n)
+        for first, batch in data.batches(graph, diagnostics, opts.batch_size):
+            n_batch = next(iter(batch.values())).shape[0] if batch else 0
+            k = step if (sliceable and step) else max(n_batch, 1)
+            for s0 in range(0, max(n_batch, 1), k):
+                feeds = batch if k >= n_batch else {key: v[s0:s0 + k] for key, v in batch.items()}
+                n = next(iter(feeds.values())).shape[0] if feeds else 0
+                ta = time.perf_counter()
+                ort_feeds = {key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                             for key, v in feeds.items() if key in need_feed}
+                try:
+                    vals = sess.sess.run_with_ort_values(out_names, ort_feeds)
+                except Exception as exc:
+                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise CalibrationError(f"onnxruntime failed on the batch starting at sample {first + s0}: "
+                                           f"{msg}", code="QC406",
+                                           hint="check that the data matches the model inputs") from None
+                tb = time.perf_counter()
+                t_run += tb - ta
+                if sliceable and step is None and n:
+                    per_sample = sum(v.numpy().nbytes for v in vals) / n
+                    step = max(1, int(opts.run_budget_mib * (1 << 20) // max(per_sample, 1.0)))
+                for p in probes:
+                    st = stats[p.name]
+                    x = feeds[p.name] if p.mode == "input" else vals[index[p.name]].numpy()  # no copy
+                    mn, mx = _np_minmax(x, p.cfg.axis, p.nonneg)
+                    if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
+                        raise CalibrationError(f"tensor '{p.name}' takes non-finite values on the batch starting "
+                                               f"at sample {first + s0}", code="QC406",
+                                               hint="the model overflows or divides by zero on this data")
+                    st.update_minmax(mn, mx, n)
+                    if p.cfg.needs_hist():
+                        st.update_hist(sample_view(x, n, opts.hist_sample), float(np.min(mn)), float(np.max(mx)))
+                del vals
+                t_stats += time.perf_counter() - tb
+                samples += n
+                if bar is not None:
+                    bar.update(n)
     finally:
         if bar is not None:
             bar.close()

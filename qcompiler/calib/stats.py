@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .observers import TensorStats, compute_range
+from ..fsutil import atomic_write
 
 CACHE_VERSION = 1
 
@@ -65,17 +65,7 @@ class CalibrationStats:
             payload = buf.getvalue()
         else:
             payload = (text + "\n").encode()
-        fd, tmp = tempfile.mkstemp(prefix=".qc-", dir=p.parent if str(p.parent) else ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(p, payload)
         return p
 
     @staticmethod

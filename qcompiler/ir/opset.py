@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 

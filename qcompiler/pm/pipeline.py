@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..diagnostics import OptionError, PipelineSyntaxError, QCompilerError, UnknownPassError, UsageError
+from ..fsutil import read_structured
 from . import registry
 from .options import build_options, convert_value, find_spec, format_value, option_specs
 
@@ -418,15 +419,9 @@ def load_pipeline(source: str | PipelineSpec) -> PipelineSpec:
     if p.suffix.lower() in (".json", ".yaml", ".yml") and len(source) < 4096:
         if not p.exists():
             raise UsageError(f"pipeline file '{source}' not found", code="QC106")
-        text = p.read_text()
         try:
-            if p.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as exc:
+            data = read_structured(p)
+        except ValueError as exc:
             raise UsageError(f"cannot parse pipeline file '{source}': {exc}", code="QC106") from None
         return from_data(data, where=str(p))
     return parse_pipeline(source)

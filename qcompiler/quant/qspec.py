@@ -253,3 +253,51 @@ def fp8_quantize(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
     y = np.clip(np.asarray(x, np.float32) / np.asarray(scale, np.float32), -448.0, 448.0)
     return y.astype(ml_dtypes.float8_e4m3fn)
+
+
+def storage_grid(dtype: Any) -> tuple[int, int, bool]:
+    """(qmin, qmax, is_fp8) of a Q/DQ storage dtype (a numpy/ml_dtypes dtype or its name)."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if "float8" in name:
+        return -448, 448, True
+    grids = {"int8": (-128, 127), "uint8": (0, 255), "int4": (-8, 7), "uint4": (0, 15),
+             "int16": (-32768, 32767), "uint16": (0, 65535), "int32": (-2**31, 2**31 - 1)}
+    if name not in grids:
+        raise ValueError(f"unsupported quantized storage type {name}")
+    return grids[name] + (False,)
+
+
+def _broadcast_qparams(scale: np.ndarray, zp: np.ndarray | None, shape: tuple[int, ...], axis: int,
+                       block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scale, np.float64)
+    z = np.zeros_like(s) if zp is None else np.asarray(zp).astype(np.float64)
+    if block:
+        s = np.repeat(s, block, axis=axis).take(range(shape[axis]), axis=axis)
+        z = np.repeat(z, block, axis=axis).take(range(shape[axis]), axis=axis)
+    elif s.ndim == 1 and s.size > 1:
+        bshape = [1] * len(shape)
+        bshape[axis] = -1
+        s, z = s.reshape(bshape), z.reshape(bshape)
+    return s, z
+
+
+def quantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int = 1,
+                    block: int | None = None, dtype: Any = "int8") -> np.ndarray:
+    """ONNX QuantizeLinear on constants (per-tensor, per-axis or blocked) for any storage dtype.
+    Integer grids come back as float64 values on the grid; fp8 as an ml_dtypes array."""
+    x = np.asarray(x, np.float32)
+    axis = axis + x.ndim if axis < 0 else axis
+    s, z = _broadcast_qparams(scale, zp, x.shape, axis, block)
+    qmin, qmax, fp8 = storage_grid(dtype)
+    if fp8:
+        return fp8_quantize(x, s.astype(np.float32))
+    return quantize(x, s.astype(np.float32), z, qmin, qmax)
+
+
+def dequantize_linear(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int = 1,
+                      block: int | None = None) -> np.ndarray:
+    """ONNX DequantizeLinear on constants (per-tensor, per-axis or blocked)."""
+    q = np.asarray(q)
+    axis = axis + q.ndim if axis < 0 and q.ndim else axis
+    s, z = _broadcast_qparams(scale, zp, q.shape, axis, block)
+    return ((q.astype(np.float64) - z) * s).astype(np.float32)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import DiagnosticEngine, RecipeError, TargetError
+from ..fsutil import read_structured
 from .qspec import QSpec, parse_qspec
 
 _UNSET = object()
@@ -283,15 +283,9 @@ def load_recipe(source: Any) -> Recipe:
     p = Path(source)
     if not p.exists():
         raise RecipeError(f"recipe file '{p}' not found", code="QC501")
-    text = p.read_text()
     try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
+        data = read_structured(p)
+    except ValueError as exc:
         raise RecipeError(f"cannot parse recipe '{p}': {exc}") from None
     if data is None:
         raise RecipeError(f"recipe '{p}' is empty")

@@ -72,6 +72,44 @@ def test_histogram_of_graph_input_and_intermediate():
     assert hi - w <= v < hi
 
 
+@pytest.mark.parametrize("method,axis", [("min_max", 1), ("percentile", None), ("entropy", None),
+                                         ("moving_average", None)])
+def test_runs_in_slices_with_identical_statistics(monkeypatch, method, axis):
+    """A batch whose exposed tensors exceed the run budget runs in slices; the statistics are the same
+    (the moving average is per batch, so it never slices)."""
+    import onnxruntime as ort
+
+    from qcompiler.calib import compute_range
+    from qcompiler.calib.collect import CollectOptions
+
+    calls = []
+    orig = ort.InferenceSession.run_with_ort_values
+
+    def counting(self, names, feeds, *a, **k):
+        calls.append(next(iter(feeds.values())).shape()[0])
+        return orig(self, names, feeds, *a, **k)
+
+    monkeypatch.setattr(ort.InferenceSession, "run_with_ort_values", counting)
+    g = _model()
+    x = np.random.default_rng(2).standard_normal((24, 3, 8, 8)).astype(np.float32)
+    names = [n.outputs[0].name for n in g.nodes if n.op in ("Conv", "Relu")]
+    reqs = {n: ObserverConfig(method, axis=axis) for n in names}
+    out = []
+    for budget in (0.0, 1e-3):  # 1e-3 MiB: one sample per run
+        calls.clear()
+        stats = collect(g, reqs, as_data_source({"x": x}, batch_size=12),
+                        options=CollectOptions(batch_size=12, run_budget_mib=budget))
+        out.append((list(calls), stats))
+    assert out[0][0] == [12, 12]
+    assert out[1][0] == ([12, 12] if method == "moving_average" else [12] + [1] * 12)
+    for n in names:
+        a, b = out[0][1][n], out[1][1][n]
+        for u, v in zip(compute_range(a), compute_range(b)):
+            np.testing.assert_array_equal(u, v)
+        if a.hist is not None:
+            np.testing.assert_array_equal(a.hist, b.hist)
+
+
 @pytest.fixture
 def resnet(zoo_model):
     return zoo_model("resnet")

@@ -9,8 +9,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompiler.diagnostics import OptionError, PipelineSyntaxError, UnknownPassError, UsageError
-from qcompiler.pm import (PassSpec, PipelineSpec, RepeatSpec, all_passes, expand, from_data, load_pipeline,
+from qcompiler.diagnostics import PipelineSyntaxError, UnknownPassError, UsageError
+from qcompiler.pm import (PipelineSpec, RepeatSpec, all_passes, expand, from_data, load_pipeline,
                           parse_pipeline, print_pipeline, to_data, to_json, to_yaml)
 from qcompiler.pm.options import option_specs
 

@@ -7,7 +7,6 @@ orders (fold-residual targets) and Gemm heads.  Tolerance: 1e-4 of the output ra
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

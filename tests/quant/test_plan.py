@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from qcompiler.diagnostics import DiagnosticEngine
 from qcompiler.ir import load_model

@@ -126,3 +126,43 @@ def test_parse_qspec_forms():
         parse_qspec({"qschem": "per_tensor_symmetric"}, "x", weight=True)
     with pytest.raises(RecipeError, match="unknown qscheme"):
         parse_qspec({"qscheme": "per_row"}, "x", weight=True)
+
+
+@pytest.mark.parametrize("zdtype,axis,block", [
+    (np.int8, None, None), (np.uint8, None, None), (np.int8, 0, None), (np.uint8, 1, None),
+    (ml_dtypes.int4, 0, None), (ml_dtypes.uint4, None, None), (np.int8, 1, 4), (ml_dtypes.int4, 1, 4),
+    (ml_dtypes.float8_e4m3fn, 0, None),
+])
+def test_constant_quantize_dequantize_linear_match_reference(zdtype, axis, block):
+    from qcompiler.quant.qspec import dequantize_linear, quantize_linear, storage_grid
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((6, 8)) * 3).astype(np.float32)
+    qmin, qmax, fp8 = storage_grid(np.dtype(zdtype))
+    if block:
+        sshape = (6, 2)
+    elif axis is not None:
+        sshape = (x.shape[axis],)
+    else:
+        sshape = ()
+    scale = (rng.uniform(0.01, 0.1, sshape)).astype(np.float32)
+    if fp8 or qmin < 0:
+        zp = np.zeros(sshape, zdtype)
+    else:
+        zp = rng.integers(qmin, qmax // 2, sshape).astype(zdtype)
+    ref = ReferenceEvaluator(_qdq_model(scale, zp, axis=axis if (axis is not None or block) else None,
+                                        opset=21, block=block))
+    y_ref, q_ref = ref.run(None, {"x": x})
+    q = quantize_linear(x, scale, zp, axis if axis is not None else 1, block, np.dtype(zdtype))
+    np.testing.assert_array_equal(np.asarray(q).astype(np.float64), np.asarray(q_ref).astype(np.float64))
+    y = dequantize_linear(np.asarray(q_ref), scale, zp, axis if axis is not None else 1, block)
+    np.testing.assert_array_equal(y, y_ref)
+
+
+def test_storage_grid_rejects_unknown_types():
+    from qcompiler.quant.qspec import storage_grid
+
+    assert storage_grid(np.int8) == (-128, 127, False)
+    assert storage_grid("float8_e4m3fn")[2]
+    with pytest.raises(ValueError, match="float32"):
+        storage_grid(np.float32)
