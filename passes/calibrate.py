@@ -105,7 +105,7 @@ class Calibrate(Pass):
         data.check_signature(graph)
 
         key = ""
-        fp = data.fingerprint()
+        fp = data.fingerprint() if ctx.calib_cache else None  # hashing the data costs a read of it
         if ctx.calib_cache and fp is not None:
             key = cache_key(graph_fingerprint(graph), fp, {t: c.key() for t, c in configs.items()})
             cached = self._load_cache(ctx, key)

@@ -148,9 +148,12 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
     try:
         for first, batch in data.batches(graph, diagnostics, opts.batch_size):
             n_batch = next(iter(batch.values())).shape[0] if batch else 0
-            k = step if (sliceable and step) else max(n_batch, 1)
-            for s0 in range(0, max(n_batch, 1), k):
-                feeds = batch if k >= n_batch else {key: v[s0:s0 + k] for key, v in batch.items()}
+            s0 = 0
+            while s0 < max(n_batch, 1):
+                # sliced: the very first run takes one sample, to learn the exposed bytes per sample
+                k = (step or 1) if sliceable else max(n_batch, 1)
+                start, s0 = s0, s0 + k
+                feeds = batch if (start == 0 and k >= n_batch) else {key: v[start:s0] for key, v in batch.items()}
                 n = next(iter(feeds.values())).shape[0] if feeds else 0
                 ta = time.perf_counter()
                 ort_feeds = {key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
@@ -159,7 +162,7 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                     vals = sess.sess.run_with_ort_values(out_names, ort_feeds)
                 except Exception as exc:
                     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise CalibrationError(f"onnxruntime failed on the batch starting at sample {first + s0}: "
+                    raise CalibrationError(f"onnxruntime failed on the batch starting at sample {first + start}: "
                                            f"{msg}", code="QC406",
                                            hint="check that the data matches the model inputs") from None
                 tb = time.perf_counter()
@@ -173,7 +176,7 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                     mn, mx = _np_minmax(x, p.cfg.axis, p.nonneg)
                     if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
                         raise CalibrationError(f"tensor '{p.name}' takes non-finite values on the batch starting "
-                                               f"at sample {first + s0}", code="QC406",
+                                               f"at sample {first + start}", code="QC406",
                                                hint="the model overflows or divides by zero on this data")
                     st.update_minmax(mn, mx, n)
                     if p.cfg.needs_hist():
