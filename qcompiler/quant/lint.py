@@ -30,6 +30,20 @@ TRT_TYPES = {"int8", "float8_e4m3fn", "int4"}
 WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
+#: layout ops TensorRT folds on constant weights
+_LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _constant_foldable(t: gs.Tensor, depth: int = 0) -> bool:
+    """A constant, or layout ops over a constant (what TensorRT folds before building)."""
+    if const_value(t) is not None:
+        return True
+    p = t.inputs[0] if t.inputs else None
+    if p is None or p.op not in _LAYOUT_OPS or depth > 8 or not p.inputs:
+        return False
+    return all(const_value(i) is not None for i in p.inputs[1:]) and _constant_foldable(p.inputs[0], depth + 1)
+
+
 @dataclass
 class LintResult:
     path: str
@@ -353,19 +367,25 @@ class _Linter:
         return any(self._has_dq_upstream(i, depth + 1) for i in p.inputs if i.name)
 
     def _weight_chain(self, w: gs.Tensor) -> tuple[bool, bool]:
-        """(weight reaches the op as DQ(const) / DQ(Q(const)) or plain const, a Cast is in the chain)."""
+        """(weight reaches the op as DQ(const) / DQ(Q(const)) or plain const, a Cast is in the chain).
+
+        A Transpose/Reshape of a constant before the Q, or between the DQ and the layer, is accepted:
+        TensorRT constant-folds it at build time (NVIDIA/TensorRT#1604; ModelOpt emits
+        DQ(Q(Transpose(W))) for MatMul weights)."""
         p = w.inputs[0] if w.inputs else None
         if p is None or const_value(w) is not None:
             return True, False
         if p.op == "Cast":
             return False, True
+        if p.op in _LAYOUT_OPS and p.inputs and all(const_value(i) is not None for i in p.inputs[1:]):
+            return self._weight_chain(p.inputs[0])
         if p.op != "DequantizeLinear":
             return (not self._has_dq_upstream(w)), False
         src = p.inputs[0]
         if const_value(src) is not None:
             return True, False
         pq = src.inputs[0] if src.inputs else None
-        if pq is not None and pq.op == "QuantizeLinear" and const_value(pq.inputs[0]) is not None:
+        if pq is not None and pq.op == "QuantizeLinear" and _constant_foldable(pq.inputs[0]):
             return True, False
         return False, False
 

@@ -168,3 +168,25 @@ def test_cli_exit_codes(tmp_path, capsys):
     onnx.save(base(wq=np.full((16, 16, 3, 3), -128, np.int8)), tmp_path / "warn.onnx")
     assert main(["lint-trt", str(tmp_path / "warn.onnx")]) == 0
     assert main(["lint-trt", str(tmp_path / "warn.onnx"), "--Werror"]) == 1
+
+
+@pytest.mark.parametrize("producer,expect_l9", [("Transpose", False), ("Relu", True)])
+def test_weight_q_over_a_folded_transpose_is_accepted(producer, expect_l9):
+    """ModelOpt's MatMul weights are DQ(Q(Transpose(W))): TensorRT folds the Transpose of a constant.
+    Any other op over the weight before the Q is not folded into the layer's weights: L9."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4)).astype(np.float32)  # stored [N, K]; MatMul wants [K, N]
+    inits = [_t("w", w if producer == "Transpose" else w.T.copy()), _t("s_x", np.float32(0.05)),
+             _t("z_x", np.int8(0)), _t("w_s", np.full(8, 0.01, np.float32)), _t("w_z", np.zeros(8, np.int8))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["xq", "s_x", "z_x"], ["xd"], name="dq_x"),
+             helper.make_node(producer, ["w"], ["wt"], name="prep", **({"perm": [1, 0]} if producer == "Transpose"
+                                                                      else {})),
+             helper.make_node("QuantizeLinear", ["wt", "w_s", "w_z"], ["wq"], name="q_w", axis=1),
+             helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["wd"], name="dq_w", axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    assert ("L9" in rules(m)) == expect_l9
