@@ -12,12 +12,16 @@ Sections:
   accuracy  digits-trained zoo models: top-1 and logits SQNR vs FP32 for qcompiler's pipelines and
             quantize_static (QDQ, per-channel, symmetric activations, MinMax/Entropy/Percentile);
             wall time, peak RSS, Q/DQ counts, lint-trt findings of every output
+  outlier   the same models calibrated on 256 images of which one is scaled by 8: what one bad sample
+            costs each calibrator (qcompiler's and quantize_static's)
   calib     ResNet-50-sized model: calibration time / plain onnxruntime inference over the same samples,
             peak RSS, at several sample counts (memory must stay flat for qcompiler)
   compile   compile time without calibration (statistics cached) on graphs of 1x, 4x, 16x the node count
   latency   onnxruntime CPU latency (median) of FP32, qcompiler trt-int8 / ort-int8 and quantize_static outputs
   cle       CLE per-layer range spread and per-tensor int8 weight SQNR; per-tensor/4-bit weight accuracy
   recovery  bias correction, mixed precision, AdaRound/LSQ when those passes exist
+  arch      random-weight architectures (ResNet-18, MobileNetV2, EfficientNet-B0, a decoder): output SQNR of
+            qcompiler's recovery pipelines, quantize_static and ModelOpt
 
 Output: a Markdown report on stdout (and --md FILE) and all numbers as JSON (--json FILE).
 """
@@ -25,6 +29,7 @@ Output: a Markdown report on stdout (and --md FILE) and all numbers as JSON (--j
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -41,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer"]
 QUICK_DIGITS = ["resnet", "mobilenetv2", "transformer"]
+ARCHS = ["resnet18", "mobilenetv2-full", "efficientnet-b0", "decoder"]
 MODELOPT_PY = os.environ.get("QCOMPILER_MODELOPT_PYTHON", "/tmp/mo-venv/bin/python")
 
 
@@ -49,7 +55,24 @@ MODELOPT_PY = os.environ.get("QCOMPILER_MODELOPT_PYTHON", "/tmp/mo-venv/bin/pyth
 # ------------------------------------------------------------------------------------------------
 
 
+def _tag(text: str) -> str:
+    """Stable short file tag (str hash() changes with PYTHONHASHSEED)."""
+    return hashlib.sha1(str(text).encode()).hexdigest()[:8]
+
+
 def peak_rss_mib() -> float:
+    """Peak resident set of this process, in MiB.
+
+    Linux keeps ``ru_maxrss`` across ``execve``, so a worker started by a large driver process would
+    report the driver's size as its floor; ``VmHWM`` belongs to the process's own address space.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -155,10 +178,15 @@ def w_ort(task: dict) -> dict:
               "percentile": CalibrationMethod.Percentile}[task["method"]]
     t0 = time.perf_counter()
     pre = ort_preprocess(task["src"], task["out"] + ".pre.onnx")
+    if task.get("config") == "u8s8":
+        # onnxruntime's own defaults for CPU: asymmetric uint8 activations, symmetric int8 weights
+        act, extra = QuantType.QUInt8, {}
+    else:
+        # what TensorRT needs: symmetric int8 everywhere (zero point 0)
+        act, extra = QuantType.QInt8, {"ActivationSymmetric": True, "WeightSymmetric": True}
     quantize_static(pre, task["out"], NpzReader(task["calib"], task.get("batch", 8)), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=method,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
+                    calibrate_method=method, extra_options=extra)
     wall = time.perf_counter() - t0
     out = {"wall_s": round(wall, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
     if task.get("eval", True):
@@ -390,6 +418,14 @@ class Bench:
             np.savez(p, input=x)
         return str(p)
 
+    def with_latency(self, row: dict, model: str, shape=(1, 16, 16), batch: int = 8) -> dict:
+        """Add the onnxruntime CPU latency (median ms, own process) of a tool's output to its row."""
+        if row.get("ok"):
+            lat = run_task({"kind": "latency", "model": model, "batch": batch, "shape": list(shape),
+                            "runs": 10 if self.args.quick else 30})
+            row["latency_ms_b8"] = lat.get("median_ms")
+        return row
+
     # -- sections -------------------------------------------------------------------------------
     def accuracy(self) -> None:
         models = self.args.models or (QUICK_DIGITS if self.args.quick else DIGITS)
@@ -401,16 +437,22 @@ class Bench:
         rows = []
         for m in models:
             src, cal = self.prepped(m), self.calib(m, 256)
+            rows.append({"model": m, "tool": "fp32", "method": "-", **self.with_latency({"ok": True}, src)})
             for p in qc_pipes:
                 log(f"[accuracy] {m} qcompiler {p}")
-                out = str(self.work / f"{m}-{abs(hash(p)) % 10**8}.onnx")
+                out = str(self.work / f"{m}-{_tag(p)}.onnx")
                 r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": p, "calib": cal, "digits": True})
-                rows.append({"model": m, "tool": "qcompiler", "method": p, **r})
+                rows.append({"model": m, "tool": "qcompiler", "method": p, **self.with_latency(r, out)})
             for meth in ort_methods:
                 log(f"[accuracy] {m} onnxruntime.quantization {meth}")
                 out = str(self.work / f"{m}-ort-{meth}.onnx")
                 r = run_task({"kind": "ort", "src": src, "out": out, "method": meth, "calib": cal, "digits": True})
-                rows.append({"model": m, "tool": "ort.quantize_static", "method": meth, **r})
+                rows.append({"model": m, "tool": "ort.quantize_static", "method": meth, **self.with_latency(r, out)})
+            log(f"[accuracy] {m} onnxruntime.quantization minmax u8s8")
+            out = str(self.work / f"{m}-ort-minmax-u8s8.onnx")
+            r = run_task({"kind": "ort", "src": src, "out": out, "method": "minmax", "calib": cal, "digits": True,
+                          "config": "u8s8"})
+            rows.append({"model": m, "tool": "ort.quantize_static", "method": "minmax u8s8", **self.with_latency(r, out)})
             ok, why = modelopt_available()
             if ok:
                 for meth in ("max", "entropy"):
@@ -419,8 +461,7 @@ class Bench:
                     r = run_task({"kind": "modelopt", "src": src, "out": out, "method": meth, "calib": cal},
                                  python=MODELOPT_PY)
                     if r.get("ok"):
-                        r.update(run_task({"kind": "latency", "model": out, "batch": 1, "shape": [1, 16, 16],
-                                           "runs": 1}))
+                        self.with_latency(r, out)
                         try:
                             r.update(eval_model(src, out, True))
                             r.update(model_facts(out))
@@ -503,11 +544,12 @@ class Bench:
                               "digits": digits_model, "eval": False})
                 if r.get("ok"):
                     variants[label] = out
-            out = str(self.work / f"lat-{name}-ort.onnx")
-            r = run_task({"kind": "ort", "src": src, "out": out, "method": "minmax", "calib": cal,
-                          "digits": digits_model, "eval": False})
-            if r.get("ok"):
-                variants["ort.quantize_static"] = out
+            for cfg, label in (("s8s8", "ort.quantize_static"), ("u8s8", "ort.quantize_static u8s8")):
+                out = str(self.work / f"lat-{name}-ort-{cfg}.onnx")
+                r = run_task({"kind": "ort", "src": src, "out": out, "method": "minmax", "calib": cal,
+                              "digits": digits_model, "eval": False, "config": cfg})
+                if r.get("ok"):
+                    variants[label] = out
             for batch in (1, 8):
                 for label, path in variants.items():
                     log(f"[latency] {name} b={batch} {label}")
@@ -561,25 +603,92 @@ class Bench:
             for tag, cfg, ps in plans:
                 for p in ps:
                     log(f"[recovery] {m} {tag} {p}")
-                    out = str(self.work / f"rec-{m}-{tag}-{abs(hash(p)) % 10**8}.onnx")
+                    out = str(self.work / f"rec-{m}-{tag}-{_tag(p)}.onnx")
                     r = run_task({"kind": "qcompiler", "src": self.prepped(m), "out": out, "pipeline": p,
                                   "calib": self.calib(m, 256), "config": cfg, "digits": True})
                     rows.append({"model": m, "setting": tag, "pipeline": p, **r})
         for p in ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}", "trt-int8{finetune=lsq}",
                   "trt-int8{cle=true finetune=lsq}"]:
             log(f"[recovery] mobilenetv2 per-tensor int8 weights {p}")
-            out = str(self.work / f"rec-pt-{abs(hash(p)) % 10**8}.onnx")
+            out = str(self.work / f"rec-pt-{_tag(p)}.onnx")
             r = run_task({"kind": "qcompiler", "src": self.prepped("mobilenetv2"), "out": out, "pipeline": p,
                           "calib": self.calib("mobilenetv2", 256), "config": str(pt), "digits": True})
             rows.append({"model": "mobilenetv2", "setting": "int8 per-tensor weights", "pipeline": p, **r})
         self.results["sections"]["recovery"] = rows
+
+    def outlier(self) -> None:
+        """How much one bad calibration image costs each calibrator (1 of 256 images scaled by 8)."""
+        models = self.args.models or (["resnet"] if self.args.quick else QUICK_DIGITS)
+        methods = ["min_max", "percentile", "entropy", "mse"]
+        rows = []
+        for m in models:
+            src, cal = self.prepped(m), self.calib(m, 256)
+            bad = self.work / f"calib-{m}-256-outlier.npz"
+            x = np.load(cal)["input"].copy()
+            x[17] *= 8.0
+            np.savez(bad, input=x)
+            for data, path in (("clean", cal), ("outlier", str(bad))):
+                for meth in methods:
+                    p = f"trt-int8{{calib={meth}}}"
+                    log(f"[outlier] {m} {data} qcompiler {p}")
+                    out = str(self.work / f"out-{m}-{data}-{meth}.onnx")
+                    r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": p, "calib": path,
+                                  "digits": True})
+                    rows.append({"model": m, "data": data, "tool": "qcompiler", "method": meth, **r})
+                for meth in ("minmax", "percentile"):
+                    log(f"[outlier] {m} {data} onnxruntime {meth}")
+                    out = str(self.work / f"out-{m}-{data}-ort-{meth}.onnx")
+                    r = run_task({"kind": "ort", "src": src, "out": out, "method": meth, "calib": path,
+                                  "digits": True})
+                    rows.append({"model": m, "data": data, "tool": "ort.quantize_static", "method": meth, **r})
+        self.results["sections"]["outlier"] = rows
+
+    def arch(self) -> None:
+        """Recovery pipelines and the other tools on the random-weight architectures (output SQNR only)."""
+        models = self.args.models or (["resnet18"] if self.args.quick else ARCHS)
+        pipes = ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}",
+                 "trt-int8{bias-correct=true}", "trt-int8{target-sqnr=40}"]
+        if self.args.quick:
+            pipes = ["trt-int8", "trt-int8{bias-correct=true}"]
+        rows = []
+        for m in models:
+            src, cal, ev = self.prepped(m), self.calib(m, 32), self.eval_npz(m, 16)
+            for p in pipes:
+                log(f"[arch] {m} qcompiler {p}")
+                out = str(self.work / f"arch-{m}-{_tag(p)}.onnx")
+                r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": p, "calib": cal,
+                              "digits": False, "eval_npz": ev})
+                rows.append({"model": m, "tool": "qcompiler", "method": p, **r})
+            for meth in ("minmax", "entropy", "percentile"):
+                log(f"[arch] {m} onnxruntime.quantization {meth}")
+                out = str(self.work / f"arch-{m}-ort-{meth}.onnx")
+                r = run_task({"kind": "ort", "src": src, "out": out, "method": meth, "calib": cal, "digits": False,
+                              "eval_npz": ev})
+                rows.append({"model": m, "tool": "ort.quantize_static", "method": meth, **r})
+            ok, why = modelopt_available()
+            for meth in ("max", "entropy") if ok else ():
+                log(f"[arch] {m} modelopt {meth}")
+                out = str(self.work / f"arch-{m}-mo-{meth}.onnx")
+                r = run_task({"kind": "modelopt", "src": src, "out": out, "method": meth, "calib": cal},
+                             python=MODELOPT_PY)
+                if r.get("ok"):
+                    try:
+                        r.update(eval_model(src, out, False, ev))
+                        r.update(model_facts(out))
+                    except Exception as exc:
+                        r.update(ok=False, error=f"evaluating ModelOpt's output failed: {exc}")
+                rows.append({"model": m, "tool": "modelopt", "method": meth, **r})
+            if not ok:
+                self.results["modelopt"] = why
+        self.results["sections"]["arch"] = rows
 
     def run(self) -> dict:
         sections = self.args.sections.split(",")
         for s in sections:
             t0 = time.perf_counter()
             {"accuracy": self.accuracy, "calib": self.calib_scaling, "compile": self.compile_time,
-             "latency": self.latency, "cle": self.cle, "recovery": self.recovery}[s]()
+             "latency": self.latency, "cle": self.cle, "recovery": self.recovery, "outlier": self.outlier,
+             "arch": self.arch}[s]()
             log(f"[{s}] {time.perf_counter() - t0:.0f} s")
         return self.results
 
@@ -604,17 +713,21 @@ def render(res: dict) -> str:
     s = res["sections"]
     if "accuracy" in s:
         out += ["### Accuracy (digits test split, 540 images; SQNR of the logits vs FP32)", "",
-                "| model | tool | method | top-1 FP32 | top-1 | SQNR dB | Q | DQ | lint err/warn | wall s | peak RSS MiB |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| model | tool | method | top-1 FP32 | top-1 | SQNR dB | Q | DQ | lint err/warn | ORT ms (batch 8) "
+                "| wall s | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["accuracy"]:
             if not r.get("ok"):
                 out.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r.get('error', '?')[:80]} "
-                           "| | | | | | | |")
+                           "| | | | | | | | |")
+                continue
+            if r["tool"] == "fp32":
+                out.append(f"| {r['model']} | fp32 | - | | | | | | | {_fmt(r.get('latency_ms_b8'), 3)} | | |")
                 continue
             out.append(f"| {r['model']} | {r['tool']} | `{r['method']}` | {_fmt(r.get('top1_fp32'))} | "
                        f"{_fmt(r.get('top1'))} | {_fmt(r.get('sqnr_db'), 1)} | {r.get('q', '-')} | {r.get('dq', '-')} | "
-                       f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} | {_fmt(r.get('wall_s'))} | "
-                       f"{_fmt(r.get('peak_rss_mib'), 0)} |")
+                       f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} | {_fmt(r.get('latency_ms_b8'), 3)} | "
+                       f"{_fmt(r.get('wall_s'))} | {_fmt(r.get('peak_rss_mib'), 0)} |")
         if "modelopt" in res:
             out += ["", f"NVIDIA ModelOpt: skipped: {res['modelopt']}"]
         out.append("")
@@ -630,6 +743,32 @@ def render(res: dict) -> str:
             out.append(f"| {r['model']} | {r['setting']} | `{r['pipeline']}` | {_fmt(r.get('top1'))} | "
                        f"{_fmt(r.get('sqnr_db'), 1)} | {_fmt(r.get('finetune_s'), 1)} | "
                        f"{_fmt(r.get('finetune_ms_per_iter'), 1)} | {r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} |")
+        out.append("")
+    if "outlier" in s:
+        out += ["### One outlier in the calibration set (image 17 of 256 scaled by 8; logits SQNR dB)", "",
+                "| model | tool | calibrator | clean | with the outlier | change |", "|---|---|---|---|---|---|"]
+        cells: dict = {}
+        for r in s["outlier"]:
+            cells.setdefault((r["model"], r["tool"], r["method"]), {})[r["data"]] = (
+                r.get("sqnr_db") if r.get("ok", True) else None)
+        for (m, tool, meth), v in cells.items():
+            a, b = v.get("clean"), v.get("outlier")
+            d = f"{b - a:+.1f}" if a is not None and b is not None else "-"
+            out.append(f"| {m} | {tool} | {meth} | {_fmt(a, 1)} | {_fmt(b, 1)} | {d} |")
+        out.append("")
+    if "arch" in s:
+        out += ["### Architectures with random weights (32 calibration / 16 evaluation samples, standard normal; "
+                "SQNR of the outputs vs FP32)", "",
+                "| model | tool | method | SQNR dB | Q | DQ | lint err/warn | wall s | peak RSS MiB |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in s["arch"]:
+            if not r.get("ok"):
+                out.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r.get('error', '?')[:80]} "
+                           "| | | | | |")
+                continue
+            out.append(f"| {r['model']} | {r['tool']} | `{r['method']}` | {_fmt(r.get('sqnr_db'), 1)} | "
+                       f"{r.get('q', '-')} | {r.get('dq', '-')} | {r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} | "
+                       f"{_fmt(r.get('wall_s'))} | {_fmt(r.get('peak_rss_mib'), 0)} |")
         out.append("")
     if "calib" in s:
         out += ["### Calibration on the ResNet-50-sized model (224x224, batch 8)", "",
@@ -695,8 +834,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset (a few minutes on 2 cores)")
-    ap.add_argument("--sections", default="accuracy,recovery,calib,compile,latency,cle")
-    ap.add_argument("--models", type=lambda s: s.split(","), default=None, help="digits zoo models for accuracy")
+    ap.add_argument("--sections", default="accuracy,outlier,recovery,arch,calib,compile,latency,cle")
+    ap.add_argument("--models", type=lambda s: s.split(","), default=None, help="zoo models for the accuracy, outlier, recovery and arch sections")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="write all numbers here")
     ap.add_argument("--md", default=None, help="write the Markdown report here")
