@@ -422,7 +422,7 @@ class Bench:
         """Add the onnxruntime CPU latency (median ms, own process) of a tool's output to its row."""
         if row.get("ok"):
             lat = run_task({"kind": "latency", "model": model, "batch": batch, "shape": list(shape),
-                            "runs": 10 if self.args.quick else 30})
+                            "runs": 20 if self.args.quick else 200})
             row["latency_ms_b8"] = lat.get("median_ms")
         return row
 

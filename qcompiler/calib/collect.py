@@ -16,6 +16,7 @@ the exposed tensors of that batch; nothing grows with the number of samples.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 import numpy as np
@@ -53,15 +54,30 @@ class CollectOptions:
     run_budget_mib: float = DEFAULT_RUN_BUDGET_MIB
 
 
+def auto_stride(size: int, cap: int = AUTO_SAMPLE_CAP) -> int:
+    """The histogram stride for a sample of ``size`` elements: the smallest k >= size / cap that shares no
+    factor with ``size``.  A stride that divides the layout aliases with it: every 7th element of a 7x7
+    feature map is always column 0, so the histogram would see only border pixels and miss the tail
+    (EfficientNet-B0: 12.9 dB instead of 26.5 dB of output SQNR with percentile).  Coprime with the sample
+    size means coprime with W, H*W and C, so the sampled positions walk over every row, column and
+    channel."""
+    k = max(1, -(-size // cap))
+    if k == 1:
+        return 1
+    while math.gcd(k, size) != 1:
+        k += 1
+    return k
+
+
 def sample_view(x: np.ndarray, n: int, k: int) -> np.ndarray:
     """The elements of each sample that go into the histogram: every k-th element *within each sample*
-    (k = 0: the smallest stride keeping at most AUTO_SAMPLE_CAP per sample).  The selection depends only on
+    (k = 0: :func:`auto_stride`, at most about AUTO_SAMPLE_CAP per sample).  The selection depends only on
     the sample, never on how samples are batched, so histograms stay identical for any batch size."""
     if n <= 0 or x.ndim == 0 or x.shape[0] != n:
         return x.reshape(-1)
     per = x.reshape(n, -1)
     if k == 0:
-        k = max(1, -(-per.shape[1] // AUTO_SAMPLE_CAP))
+        k = auto_stride(per.shape[1])
     return per if k == 1 else per[:, ::k]
 
 

@@ -192,3 +192,40 @@ def test_random_calibration_only_when_allowed(resnet):
     ctx = PassContext(allow_random_calibration=True)
     run_pipeline(g, "calibrate", ctx)
     assert any(d.code == "QC407" for d in ctx.diagnostics)
+
+
+@pytest.mark.parametrize("shape", [(1152, 7, 7), (96, 16, 16), (64, 56, 56), (7, 7, 1152), (3, 224, 224), (10,)])
+def test_histogram_subsample_does_not_alias_with_the_layout(shape):
+    """The auto stride shares no factor with the sample size, so a strided histogram sees every row, column
+    and channel (a stride dividing H*W would only ever see one column of each feature map)."""
+    from qcompiler.calib.collect import AUTO_SAMPLE_CAP, auto_stride, sample_view
+
+    size = int(np.prod(shape))
+    k = auto_stride(size)
+    assert np.gcd(k, size) == 1 and k >= size / AUTO_SAMPLE_CAP
+    idx = np.arange(size).reshape((1,) + shape)
+    picked = sample_view(idx, 1, 0).reshape(-1)
+    assert picked.size <= -(-size // k)
+    for axis, dim in enumerate(shape):
+        coords = np.unravel_index(picked, shape)[axis]
+        assert len(np.unique(coords)) == dim, f"axis {axis} not fully covered"
+
+
+def test_histogram_tail_of_a_few_large_channels_survives_subsampling():
+    """Regression: a 7x7 map with a handful of large channels.  The 99.99th percentile from the subsampled
+    histogram must stay close to the one of all values (it used to see only column 0, the border)."""
+    from qcompiler.calib.collect import sample_view
+    from qcompiler.calib.observers import TensorStats, compute_range
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 1152, 7, 7)).astype(np.float32)
+    x[:, :8] *= 20.0
+    x[:, :, :, 0] *= 0.1  # the border column is quiet
+    cfg = ObserverConfig(method="percentile")
+    sub, full = TensorStats("t", cfg), TensorStats("t", cfg)
+    for st, v in ((sub, sample_view(x, 32, 0)), (full, x)):
+        st.update_minmax(x.min(), x.max(), x.size)
+        st.update_hist(v, float(x.min()), float(x.max()))
+    a_sub = float(np.max(np.abs(compute_range(sub)[1])))
+    a_full = float(np.max(np.abs(compute_range(full)[1])))
+    assert a_sub == pytest.approx(a_full, rel=0.2)
