@@ -114,7 +114,9 @@ def ensure_sorted(graph: gs.Graph) -> bool:
 def constant(name: str, values: np.ndarray) -> gs.Constant:
     """A gs.Constant; fp8/int4 arrays (ml_dtypes) are wrapped as ONNX protos so every exporter version
     writes them with their true element type."""
-    arr = np.ascontiguousarray(values)
+    arr = np.asarray(values)
+    if not arr.flags["C_CONTIGUOUS"]:  # (np.ascontiguousarray would also turn a scalar into shape [1])
+        arr = np.ascontiguousarray(arr)
     if arr.dtype.kind == "V" or arr.dtype.name.startswith(("float8", "int4", "uint4", "float4")):
         import onnx
         from onnx_graphsurgeon.ir.tensor import LazyValues

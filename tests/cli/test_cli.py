@@ -226,3 +226,21 @@ def test_console_script_runs():
     assert r.returncode == 0 and r.stdout.strip() == "cleanup"
     r = subprocess.run([exe, "compile"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+@pytest.mark.parametrize("name", ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer", "decoder"])
+def test_compile_cleanup_fold_constants_on_zoo_is_exact_and_deterministic(zoo, tmp_path, name, capsys):
+    """The foundation's acceptance check: `qcompiler compile` with cleanup,fold-constants on every zoo
+    model gives the input's outputs (relative 1e-5) and byte-identical files when run twice."""
+    from qcompiler.testing import assert_outputs_close
+
+    src = str(zoo.onnx_path(name))
+    before = _sha(src)
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"{i}.onnx"
+        assert main(["compile", src, "-o", str(out), "--pipeline", "cleanup,fold-constants"]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert _sha(src) == before
+    assert_outputs_close(src, str(tmp_path / "0.onnx"), rtol=1e-5)

@@ -126,8 +126,22 @@ def test_ort_int8_pipeline_runs_with_integer_kernels(zoo, tmp_path):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(dst), so)
-    ops = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    opt = onnx.load(tmp_path / "opt.onnx").graph
+    ops = [n.op_type for n in opt.node]
     assert "QLinearConv" in ops, ops
+    # residual Adds run as QLinearAdd: onnxruntime fuses DQ->Add->Q only with scalar (rank-0) scales
+    assert "QLinearAdd" in ops and "Add" not in ops, sorted(ops)
+
+
+def test_per_tensor_scales_are_scalars(compiled):
+    """Per-tensor scales and zero points are rank 0 (the ONNX form; onnxruntime's QDQ fusions and
+    TensorRT both read it), never shape [1]."""
+    for name, (_, path, _) in compiled.items():
+        g = onnx.load(path).graph
+        params = {n.input[k] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                  and not any(a.name == "axis" for a in n.attribute) for k in (1, 2) if len(n.input) > k}
+        dims = {tuple(i.dims) for i in g.initializer if i.name in params}
+        assert dims <= {()}, (name, dims)
 
 
 def test_existing_qdq_refused_then_requantized(compiled, tmp_path):
