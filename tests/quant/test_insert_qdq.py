@@ -116,12 +116,13 @@ def test_fp8_pipeline(zoo, tmp_path):
     assert np.isfinite(out["logits"]).all()
 
 
-def test_ort_int8_pipeline_runs_with_integer_kernels(zoo, tmp_path):
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2"])
+def test_ort_int8_pipeline_runs_with_integer_kernels(zoo, tmp_path, name):
     import onnxruntime as ort
 
-    src = zoo.onnx_path("resnet")
+    src = zoo.onnx_path(name)
     dst = tmp_path / "ort.onnx"
-    compile_model(str(src), str(dst), "ort-int8", calib_data=str(zoo.calibration_npz("resnet", 64)))
+    compile_model(str(src), str(dst), "ort-int8", calib_data=str(zoo.calibration_npz(name, 64)))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
@@ -131,6 +132,10 @@ def test_ort_int8_pipeline_runs_with_integer_kernels(zoo, tmp_path):
     assert "QLinearConv" in ops, ops
     # residual Adds run as QLinearAdd: onnxruntime fuses DQ->Add->Q only with scalar (rank-0) scales
     assert "QLinearAdd" in ops and "Add" not in ops, sorted(ops)
+    # Relu / ReLU6 (Clip) are absorbed into the conv's output quantization: no float activation and no
+    # requantization left between the integer kernels (only the graph input Q and the output DQ)
+    assert not {"Relu", "Clip", "Conv"} & set(ops), sorted(ops)
+    assert ops.count("QuantizeLinear") <= 1 and ops.count("DequantizeLinear") <= 1, sorted(ops)
 
 
 def test_per_tensor_scales_are_scalars(compiled):
