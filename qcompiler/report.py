@@ -216,6 +216,9 @@ def _plots(layer_sqnr: dict[str, float], sens: dict[str, float] | None, hists: l
     ax.bar(range(len(names)), vals, color=["#c0392b" if v < 20 else "#e67e22" if v < 30 else "#2e86c1" for v in vals])
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(short, rotation=70, fontsize=7)
+    for y, c, label in ((20, "#c0392b", "< 20 dB"), (30, "#e67e22", "20-30 dB")):
+        ax.axhline(y, color=c, lw=0.8, ls="--", label=label)
+    ax.legend(loc="upper right", fontsize=7, title="bar colour", title_fontsize=7)
     ax.set_ylabel("SQNR (dB)")
     ax.set_title("Per-layer SQNR: quantized vs FP32 output of each layer")
     out["layers"] = _png(fig)
