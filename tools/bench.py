@@ -706,6 +706,18 @@ def _fmt(v, nd=2):
     return str(v)
 
 
+def _rows(out: list[str], rows: list[dict], width: int, key, cells) -> None:
+    """One Markdown row per result: ``cells(r)`` for a successful one; a failed one keeps its ``key(r)``
+    cells and says why in the next, the rest left empty."""
+    for r in rows:
+        if r.get("ok"):
+            row = cells(r)
+        else:
+            k = key(r)
+            row = k + [f"failed: {r.get('error', '?')[:80]}"] + [""] * (width - len(k) - 1)
+        out.append("| " + " | ".join(row) + " |")
+
+
 def render(res: dict) -> str:
     out = [f"Machine: {res['machine']}", "",
            "Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()), "",
@@ -716,18 +728,15 @@ def render(res: dict) -> str:
                 "| model | tool | method | top-1 FP32 | top-1 | SQNR dB | Q | DQ | lint err/warn | ORT ms (batch 8) "
                 "| wall s | peak RSS MiB |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in s["accuracy"]:
-            if not r.get("ok"):
-                out.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r.get('error', '?')[:80]} "
-                           "| | | | | | | | |")
-                continue
+        def acc_cells(r):
             if r["tool"] == "fp32":
-                out.append(f"| {r['model']} | fp32 | - | | | | | | | {_fmt(r.get('latency_ms_b8'), 3)} | | |")
-                continue
-            out.append(f"| {r['model']} | {r['tool']} | `{r['method']}` | {_fmt(r.get('top1_fp32'))} | "
-                       f"{_fmt(r.get('top1'))} | {_fmt(r.get('sqnr_db'), 1)} | {r.get('q', '-')} | {r.get('dq', '-')} | "
-                       f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} | {_fmt(r.get('latency_ms_b8'), 3)} | "
-                       f"{_fmt(r.get('wall_s'))} | {_fmt(r.get('peak_rss_mib'), 0)} |")
+                return [r["model"], "fp32", "-"] + [""] * 6 + [_fmt(r.get("latency_ms_b8"), 3), "", ""]
+            return [r["model"], r["tool"], f"`{r['method']}`", _fmt(r.get("top1_fp32")), _fmt(r.get("top1")),
+                    _fmt(r.get("sqnr_db"), 1), str(r.get("q", "-")), str(r.get("dq", "-")),
+                    f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')}", _fmt(r.get("latency_ms_b8"), 3),
+                    _fmt(r.get("wall_s")), _fmt(r.get("peak_rss_mib"), 0)]
+
+        _rows(out, s["accuracy"], 12, lambda r: [r["model"], r["tool"], r["method"]], acc_cells)
         if "modelopt" in res:
             out += ["", f"NVIDIA ModelOpt: skipped: {res['modelopt']}"]
         out.append("")
@@ -735,14 +744,10 @@ def render(res: dict) -> str:
         out += ["### Accuracy recovery (digits test split)", "",
                 "| model | setting | pipeline | top-1 | SQNR dB | fine-tuning s | ms/iteration | lint err/warn |",
                 "|---|---|---|---|---|---|---|---|"]
-        for r in s["recovery"]:
-            if not r.get("ok"):
-                out.append(f"| {r['model']} | {r['setting']} | `{r['pipeline']}` | failed: {r.get('error', '?')[:80]} "
-                           "| | | | |")
-                continue
-            out.append(f"| {r['model']} | {r['setting']} | `{r['pipeline']}` | {_fmt(r.get('top1'))} | "
-                       f"{_fmt(r.get('sqnr_db'), 1)} | {_fmt(r.get('finetune_s'), 1)} | "
-                       f"{_fmt(r.get('finetune_ms_per_iter'), 1)} | {r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} |")
+        _rows(out, s["recovery"], 8, lambda r: [r["model"], r["setting"], f"`{r['pipeline']}`"],
+              lambda r: [r["model"], r["setting"], f"`{r['pipeline']}`", _fmt(r.get("top1")), _fmt(r.get("sqnr_db"), 1),
+                         _fmt(r.get("finetune_s"), 1), _fmt(r.get("finetune_ms_per_iter"), 1),
+                         f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')}"])
         out.append("")
     if "outlier" in s:
         out += ["### One outlier in the calibration set (image 17 of 256 scaled by 8; logits SQNR dB)", "",
@@ -761,14 +766,10 @@ def render(res: dict) -> str:
                 "SQNR of the outputs vs FP32)", "",
                 "| model | tool | method | SQNR dB | Q | DQ | lint err/warn | wall s | peak RSS MiB |",
                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in s["arch"]:
-            if not r.get("ok"):
-                out.append(f"| {r['model']} | {r['tool']} | {r['method']} | failed: {r.get('error', '?')[:80]} "
-                           "| | | | | |")
-                continue
-            out.append(f"| {r['model']} | {r['tool']} | `{r['method']}` | {_fmt(r.get('sqnr_db'), 1)} | "
-                       f"{r.get('q', '-')} | {r.get('dq', '-')} | {r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')} | "
-                       f"{_fmt(r.get('wall_s'))} | {_fmt(r.get('peak_rss_mib'), 0)} |")
+        _rows(out, s["arch"], 9, lambda r: [r["model"], r["tool"], r["method"]],
+              lambda r: [r["model"], r["tool"], f"`{r['method']}`", _fmt(r.get("sqnr_db"), 1), str(r.get("q", "-")),
+                         str(r.get("dq", "-")), f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')}",
+                         _fmt(r.get("wall_s")), _fmt(r.get("peak_rss_mib"), 0)])
         out.append("")
     if "calib" in s:
         out += ["### Calibration on the ResNet-50-sized model (224x224, batch 8)", "",
