@@ -407,10 +407,16 @@ class _Planner:
                 parent[max(ra, rb)] = min(ra, rb)
 
         members: set[str] = set()
+        # MaxPool between Q/DQ (onnxruntime target): its input and output share one scale, which is exact
+        # (max commutes with a monotonic quantizer) and what onnxruntime needs to run it on int8 data
+        same_scale_pool = "MaxPool" in self.target.quantized_ops and "MaxPool" not in self.target.commuting_ops
         for n in self.g.nodes:
-            if n.op != "Concat" or not n.outputs:
+            if not n.outputs or not (n.op == "Concat" or (n.op == "MaxPool" and same_scale_pool)):
                 continue
-            ts = [i for i in n.inputs if i.name and const_value(i) is None] + [n.outputs[0]]
+            if n.op == "MaxPool":
+                ts = [n.inputs[0], n.outputs[0]]
+            else:
+                ts = [i for i in n.inputs if i.name and const_value(i) is None] + [n.outputs[0]]
             names = [t.name for t in ts]
             if not any(t in requested for t in names) and not any(self.flows_to_quantized(t) for t in ts[-1:]):
                 continue

@@ -218,3 +218,33 @@ def test_blocked_int4_matmul_weights(zoo, tmp_path):
     assert lint_model(dst).n_errors == 0
     out = run(load_model(dst), random_feeds(load_model(dst), batch=2), opt_level="basic")
     assert np.isfinite(out["logits"]).all()
+
+
+def test_ort_int8_maxpool_shares_its_input_scale(tmp_path):
+    """onnxruntime runs a MaxPool on int8 data only when the scale before and after it is the same; the
+    onnxruntime target groups them (exact: max commutes with a monotonic quantizer)."""
+    import onnxruntime as ort
+
+    b = G()
+    x = b.input("input", ["N", 3, 16, 16])
+    y = b.relu(b.conv(x, 3, 16))
+    y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b.output(b.relu(b.conv(y, 16, 16)))
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(b.model(), src)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32))
+    compile_model(str(src), str(dst), "ort-int8", calib_data=str(calib))
+    g = onnx.load(dst).graph
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    pool = next(n for n in g.node if n.op_type == "MaxPool")
+    dq_in = prod[pool.input[0]]
+    q_out = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == pool.output[0])
+    assert dq_in.op_type == "DequantizeLinear"
+    assert init[dq_in.input[1]] == init[q_out.input[1]] and init[dq_in.input[2]] == init[q_out.input[2]]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(dst), so)
+    assert "MaxPool" not in {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
