@@ -38,6 +38,7 @@ from qcompiler.ir.query import const_value, is_graph_output
 from qcompiler.ir.runtime import Session
 from qcompiler.pm import Pass, PassResult, option, register_pass
 from qcompiler.quant.qspec import dequantize_linear, quantize_linear
+from qcompiler.quant.strip import dequantized_constant
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -127,10 +128,9 @@ def _dequantized_weight(node: gs.Node) -> np.ndarray | None:
     if dq is None or dq.op != "DequantizeLinear":
         return None
     src = dq.inputs[0]
-    q = const_value(src)
-    block = dq.attrs.get("block_size")
-    axis = int(dq.attrs.get("axis", 1))
-    if q is None and src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form
+    if src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form: DQ(Q(float weight))
+        block = dq.attrs.get("block_size")
+        axis = int(dq.attrs.get("axis", 1))
         qn = src.inputs[0]
         x = const_value(qn.inputs[0])
         if x is None:
@@ -140,11 +140,7 @@ def _dequantized_weight(node: gs.Node) -> np.ndarray | None:
         dtype = z.dtype if z is not None else np.uint8  # ONNX: no zero point means uint8
         q = quantize_linear(x, s, z, axis, block, dtype)
         return dequantize_linear(q, s, z, axis, block)
-    if q is None:
-        return None
-    s = const_value(dq.inputs[1])
-    z = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2].name else None
-    return dequantize_linear(q, s, z, axis, block)
+    return dequantized_constant(dq)
 
 
 def _relu_normal_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:

@@ -123,12 +123,9 @@ def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
                 rn = ref_nodes.get(n.name)
                 w = const_value(rn.inputs[k]) if rn is not None and k < len(rn.inputs) else None
                 if w is None:
-                    from .quant.qspec import dequantize_linear
+                    from .quant.strip import dequantized_constant
 
-                    qv = const_value(src)
-                    zp = const_value(dq.inputs[2]) if len(dq.inputs) > 2 else None
-                    axis = int(dq.attrs.get("axis", 1))
-                    w = dequantize_linear(qv, const_value(dq.inputs[1]), zp, axis % max(qv.ndim, 1), dq.attrs.get("block_size"))
+                    w = dequantized_constant(dq)
                 n.inputs[k] = gs.Constant(t.name + "__float", np.asarray(w, np.float32))
     g.cleanup(remove_unused_graph_inputs=False)
     return g

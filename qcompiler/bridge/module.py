@@ -27,6 +27,7 @@ from ..ir.edit import Namer
 from ..ir.io import iter_graphs
 from ..ir.query import const_value
 from ..quant.qspec import dequantize_linear, storage_grid
+from ..quant.strip import dequantized_constant
 from .ops import OPS
 
 SUPPORTED = sorted(set(OPS) | {"QuantizeLinear", "DequantizeLinear"})
@@ -178,9 +179,7 @@ def _make_module_class():
             zp, zdt = _zp_value(dq)
             qmin, qmax, fp8 = storage_grid(q.dtype if q.dtype.kind != "V" else zdt)
             if q.dtype == np.int32:  # an int32 bias (onnxruntime target): a fixed constant
-                axis = int(dq.attrs.get("axis", 1))
-                self.const[dq.outputs[0].name] = ("value", torch.as_tensor(
-                    dequantize_linear(q, scale, zp, axis % max(q.ndim, 1), None)))
+                self.const[dq.outputs[0].name] = ("value", torch.as_tensor(dequantized_constant(dq)))
                 handled_dq.add(dq.name)
                 return
             axis = int(dq.attrs.get("axis", 1)) if np.asarray(scale).size > 1 else None

@@ -3,11 +3,23 @@ bypassed, pre-quantized weights (DQ of a constant) become float constants again.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.edit import Namer, replace_all_uses
 from ..ir.query import const_value
 from .qspec import dequantize_linear
+
+
+def dequantized_constant(dq: gs.Node) -> np.ndarray | None:
+    """The float value of ``DequantizeLinear(constant)`` (per-tensor, per-axis or blocked), or None when
+    its input is not a constant."""
+    q = const_value(dq.inputs[0])
+    if q is None:
+        return None
+    zp = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2].name else None
+    return dequantize_linear(q, const_value(dq.inputs[1]), zp, int(dq.attrs.get("axis", 1)),
+                             dq.attrs.get("block_size"))
 
 
 def strip_qdq(graph: gs.Graph) -> dict[str, int]:
@@ -24,15 +36,9 @@ def strip_qdq(graph: gs.Graph) -> dict[str, int]:
             dq.outputs.clear()
             counts["pairs"] += 1
             continue
-        q = const_value(src)
-        if q is None:
+        w = dequantized_constant(dq)
+        if w is None:
             continue
-        scale = const_value(dq.inputs[1])
-        zp = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2].name else None
-        axis = int(dq.attrs.get("axis", 1))
-        if axis < 0:
-            axis += q.ndim
-        w = dequantize_linear(q, scale, zp, axis, dq.attrs.get("block_size"))
         c = gs.Constant(names(src.name + "_float"), w)
         replace_all_uses(graph, dq.outputs[0], c)
         dq.inputs.clear()
