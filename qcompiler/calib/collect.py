@@ -10,8 +10,9 @@ docs/benchmarks.md.)
 The model's own outputs are removed from the augmented graph, so onnxruntime runs only what the
 statistics need.  Batches are run in slices whose exposed tensors fit a small budget
 (``run_budget_mib``): exposed tensors are fresh buffers onnxruntime cannot reuse, and once they
-outgrow the caches the run slows down well beyond plain inference.  Per batch, the memory held is one batch of inputs, the session's working set and
-the exposed tensors of that batch; nothing grows with the number of samples.
+outgrow the caches the run slows down well beyond plain inference.  Per batch, the memory held is
+one batch of inputs, the session's working set and the exposed tensors of that batch; nothing grows
+with the number of samples.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..ir.io import copy_graph
 from ..ir.query import known_nonnegative, rank
 from ..ir.runtime import Session
 from ..ir.shapes import infer_shapes
-from .data import CalibData
+from .data import CalibData, static_dim
 from .observers import ObserverConfig, TensorStats
 
 
@@ -123,10 +124,6 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
     return g, probes
 
 
-def _static_dim(d) -> bool:
-    return isinstance(d, (int, np.integer)) and int(d) > 0
-
-
 def _np_minmax(x: np.ndarray, axis: int | None, nonneg: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if axis is None:
         mx = np.asarray(x.max(), np.float64)
@@ -159,7 +156,7 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
     # slices of a batch give the same statistics (min/max and per-sample histogram subsampling do not see
     # batching), except the moving average, which is defined per batch; a fixed batch dim cannot be sliced
     sliceable = (opts.run_budget_mib > 0 and not any(p.cfg.method == "moving_average" for p in probes)
-                 and all(t.shape and not _static_dim(t.shape[0]) for t in g.inputs))
+                 and all(t.shape and not static_dim(t.shape[0]) for t in g.inputs))
     step: int | None = None  # samples per run once the first run has shown the exposed bytes per sample
     try:
         for first, batch in data.batches(graph, diagnostics, opts.batch_size):

@@ -50,7 +50,8 @@ def model_inputs(graph: gs.Graph) -> list[InputSpec]:
     return out
 
 
-def _static(d) -> bool:
+def static_dim(d) -> bool:
+    """A fixed (known, positive) dimension, not a symbolic or unknown one."""
     return isinstance(d, (int, np.integer)) and d > 0
 
 
@@ -424,7 +425,7 @@ class RandomSource(DataSource):
     def check_signature(self, graph: gs.Graph) -> None:
         self.specs = model_inputs(graph)
         for s in self.specs:
-            if s.shape is None or any(not _static(d) for d in s.shape[1:]):
+            if s.shape is None or any(not static_dim(d) for d in s.shape[1:]):
                 raise CalibrationError(f"cannot make random data for input '{s.name}' with unknown dims "
                                        f"{list(s.shape) if s.shape else '?'}", code="QC402",
                                        hint="fix them with --input-shape NAME:DIMS")
@@ -549,7 +550,7 @@ class _Checker:
                     body = arr.shape[1:] if r else ()
                     mshape = spec.shape[1:] if r else ()
                 elif arr.ndim == r - 1 and r > 0 and all(
-                        not _static(dm) or dm == dd for dm, dd in zip(spec.shape[1:], arr.shape)):
+                        not static_dim(dm) or dm == dd for dm, dd in zip(spec.shape[1:], arr.shape)):
                     arr = arr[None]  # a single sample without its batch axis
                     body, mshape = arr.shape[1:], spec.shape[1:]
                 else:
@@ -558,7 +559,7 @@ class _Checker:
                         f"expects rank {r} {_fmt_shape(spec.shape)}", code="QC402",
                         hint="samples go on axis 0; a single sample may omit the batch axis")
                 for i, (dm, dd) in enumerate(zip(mshape, body)):
-                    if _static(dm) and dm != dd:
+                    if static_dim(dm) and dm != dd:
                         raise CalibrationError(
                             f"{where}: input '{name}' has dim {i + 1} = {dd}; the model fixes it to {dm} "
                             f"(data {list(arr.shape)} vs model {_fmt_shape(spec.shape)})", code="QC402",
@@ -591,7 +592,7 @@ def iter_batches(data: CalibData, graph: gs.Graph, diagnostics: DiagnosticEngine
     checker = _Checker(specs, data.source.description)
     fixed = None
     for s in specs:
-        if s.shape and _static(s.shape[0]):
+        if s.shape and static_dim(s.shape[0]):
             fixed = int(s.shape[0]) if fixed is None else fixed
     want = fixed or batch_size or data.options.batch_size or data.source.default_batch
     limit = data.options.max_samples
