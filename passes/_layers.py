@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.query import attr, const_source, const_value, is_graph_output, subgraph_referenced_names
+from qcompiler.ir.query import attr, const_source, const_value, is_graph_output, producer, subgraph_referenced_names
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -37,7 +37,7 @@ def weight_exclusive(graph: gs.Graph, node: gs.Node, index: int, protected: set[
         chain.append(t)
         if isinstance(t, gs.Constant):
             break
-        prod = t.inputs[0] if t.inputs else None
+        prod = producer(t)
         if prod is None or prod.op != "Identity":
             return False
         t = prod.inputs[0]

@@ -30,7 +30,8 @@ import onnx_graphsurgeon as gs
 from qcompiler.calib import CollectOptions, ObserverConfig, collect
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.ir.edit import Namer
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.state import BatchNormStats
 
 from ._layers import Layer, conv_geometry
 from ._pairs import find_pairs
@@ -50,12 +51,12 @@ def bias_delta(layer: Layer, c: np.ndarray) -> np.ndarray:
     return c @ W  # matmul
 
 
-@register_pass
 class AbsorbBias(Pass):
     """High-bias absorption: move provably-positive pre-activation offsets into the next layer's bias."""
 
     name = "absorb-bias"
     invalidates = frozenset({"calibrated"})
+    uses = frozenset({"bn-stats"})
     fp32_preserving = True
 
     @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class AbsorbBias(Pass):
     def _bounds(self, graph, ctx, pairs, layers, source) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
         if source == "bn":
-            recorded = ctx.artifacts.get("bn_stats", {})
+            recorded = ctx.state.get(BatchNormStats) or BatchNormStats()
             for p in pairs:
                 l1 = layers[id(p.l1)]
                 t = (l1.bias_node.outputs[0] if l1.bias_node is not None else p.l1.outputs[0]).name
@@ -128,7 +129,7 @@ class AbsorbBias(Pass):
                     ctx.remark("QC302", f"absorb-bias: no BatchNormalization statistics for {p.l1.name} (run fold-bn "
                                         "in the same pipeline, or give calibration data)", node=p.l1.name)
                     continue
-                out[id(p.l1)] = np.asarray(st["mean"]) - self.options.n_sigma * np.asarray(st["std"])
+                out[id(p.l1)] = st.mean - self.options.n_sigma * st.std
             return out
         if ctx.calib_data is None:
             raise CalibrationError("absorb-bias{source=data} needs calibration data", code="QC401",

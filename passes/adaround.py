@@ -13,27 +13,28 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.diagnostics import CalibrationError, QCompilerError
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.bridge.results import FinetuneResult  # noqa: F401 - the state class of 'finetune-report'
+from qcompiler.diagnostics import CalibrationError
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.state import FP32Reference
 
 
-def _inputs(ctx, graph, max_samples):
+def _inputs(ctx, who: str, max_samples: int):
+    """(the FP32 reference graph, calibration batches kept for training)."""
     from qcompiler.bridge.finetune import collect_inputs
 
+    ref = ctx.state.require(FP32Reference, who).graph
     if ctx.calib_data is None:
         raise CalibrationError("fine-tuning needs calibration data", code="QC401", hint="pass --calib-data")
-    if ctx.reference is None:
-        raise QCompilerError("fine-tuning needs the FP32 graph that insert-qdq keeps; run it after insert-qdq",
-                             code="QC603")
-    return collect_inputs(ctx.calib_data, ctx.reference, max_samples, ctx.diagnostics)
+    return ref, collect_inputs(ctx.calib_data, ref, max_samples, ctx.diagnostics)
 
 
-@register_pass
 class AdaRound(Pass):
     """AdaRound: learned up/down rounding of quantized weights, layer by layer (torch bridge)."""
 
     name = "adaround"
-    requires = frozenset({"quantized"})
+    requires = frozenset({"quantized", "fp32-reference"})
+    provides = frozenset({"finetune-report"})
 
     @dataclass(frozen=True)
     class Options:
@@ -45,10 +46,10 @@ class AdaRound(Pass):
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         from qcompiler.bridge.finetune import adaround
 
-        batches = _inputs(ctx, graph, self.options.max_samples)
-        res = adaround(graph, ctx.reference, batches, iters=self.options.iters, lr=self.options.lr,
+        ref, batches = _inputs(ctx, self.name, self.options.max_samples)
+        res = adaround(graph, ref, batches, iters=self.options.iters, lr=self.options.lr,
                        reg=self.options.reg, seed=ctx.seed, progress=ctx.show_progress())
         ctx.remark("QC603", f"adaround: {res.layers} layers, reconstruction error {res.loss_before:.4g} -> "
                             f"{res.loss_after:.4g} ({res.seconds:.1f} s)")
-        ctx.artifacts["finetune"] = res
+        ctx.state.put(res)
         return PassResult(True, {"layers": res.layers})

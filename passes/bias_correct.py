@@ -34,9 +34,10 @@ from qcompiler.calib.data import CalibData, DataOptions
 from qcompiler.diagnostics import CalibrationError, QCompilerError
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.io import copy_graph
-from qcompiler.ir.query import const_value, is_graph_output
+from qcompiler.ir.query import const_value, is_graph_output, produced_by, producer
 from qcompiler.ir.runtime import Session
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.state import BatchNormStats, FP32Reference
 from qcompiler.quant.qspec import dequantize_linear, quantize_linear
 from qcompiler.quant.strip import dequantized_constant
 
@@ -123,15 +124,13 @@ def add_output_bias(graph: gs.Graph, node: gs.Node, delta: np.ndarray, names: Na
 
 def _dequantized_weight(node: gs.Node) -> np.ndarray | None:
     """The weight a quantized layer really uses: DQ(int8 const) evaluated in numpy."""
-    w = node.inputs[1]
-    dq = w.inputs[0] if w.inputs else None
-    if dq is None or dq.op != "DequantizeLinear":
+    dq = produced_by(node.inputs[1], "DequantizeLinear")
+    if dq is None:
         return None
-    src = dq.inputs[0]
-    if src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form: DQ(Q(float weight))
+    qn = produced_by(dq.inputs[0], "QuantizeLinear")
+    if qn is not None:  # weights=qdq form: DQ(Q(float weight))
         block = dq.attrs.get("block_size")
         axis = int(dq.attrs.get("axis", 1))
-        qn = src.inputs[0]
         x = const_value(qn.inputs[0])
         if x is None:
             return None
@@ -151,12 +150,12 @@ def _relu_normal_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
     return g * pdf + beta * cdf
 
 
-@register_pass
 class BiasCorrect(Pass):
     """Bias correction: remove the mean shift quantization adds to each layer's output."""
 
     name = "bias-correct"
-    requires = frozenset({"quantized"})
+    requires = frozenset({"quantized", "fp32-reference"})
+    uses = frozenset({"bn-stats"})
 
     @dataclass(frozen=True)
     class Options:
@@ -167,12 +166,9 @@ class BiasCorrect(Pass):
                                            "output magnitude", min=0.0)
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
-        ref = ctx.reference
-        if ref is None:
-            raise QCompilerError("bias-correct needs the FP32 graph that insert-qdq keeps; run it after insert-qdq "
-                                 "in the same pipeline", code="QC604")
-        layers = [n for n in graph.nodes if n.op in WEIGHTED and len(n.inputs) > 1 and n.inputs[1].inputs
-                  and n.inputs[1].inputs[0].op == "DequantizeLinear"]
+        ref = ctx.state.require(FP32Reference, self.name).graph
+        layers = [n for n in graph.nodes if n.op in WEIGHTED and len(n.inputs) > 1
+                  and produced_by(n.inputs[1], "DequantizeLinear") is not None]
         if not layers:
             return PassResult(False, {"layers": 0})
         names = Namer(graph)
@@ -203,7 +199,7 @@ class BiasCorrect(Pass):
         return PassResult(corrected > 0, {"layers": corrected})
 
     def _data_free(self, graph, ctx, ref, layers, names) -> PassResult:
-        bn = ctx.artifacts.get("bn_stats", {})
+        bn = ctx.state.get(BatchNormStats) or BatchNormStats()
         ref_nodes = {n.name: n for n in ref.nodes}
         corrected = 0
         for node in layers:
@@ -237,10 +233,10 @@ class BiasCorrect(Pass):
         return PassResult(corrected > 0, {"layers": corrected})
 
     @staticmethod
-    def _input_mean(node: gs.Node, bn: dict) -> np.ndarray | None:
+    def _input_mean(node: gs.Node, bn: BatchNormStats) -> np.ndarray | None:
         """E[x] of a layer's input when it is Relu(z) (or z) with z's BatchNorm statistics recorded."""
         x = node.inputs[0]
-        prod = x.inputs[0] if x.inputs else None
+        prod = producer(x)
         relu = False
         if prod is not None and prod.op == "Relu":
             relu = True
@@ -248,5 +244,5 @@ class BiasCorrect(Pass):
         st = bn.get(x.name)
         if st is None:
             return None
-        beta, gamma = np.asarray(st["mean"], np.float64), np.asarray(st["std"], np.float64)
+        beta, gamma = st.mean, st.std
         return _relu_normal_mean(beta, gamma) if relu else beta

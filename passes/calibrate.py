@@ -28,14 +28,13 @@ from qcompiler.calib import CalibrationStats, CollectOptions, ObserverConfig, ca
 from qcompiler.calib.data import CalibData, DataOptions, RandomSource
 from qcompiler.calib.observers import METHODS
 from qcompiler.diagnostics import CalibrationError
-from qcompiler.pm import Pass, PassResult, option, register_pass
-from qcompiler.pm.manager import graph_fingerprint
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.ir.io import graph_fingerprint
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
 from qcompiler.quant.session import default_observer, ensure_recipe
 
 
-@register_pass
 class Calibrate(Pass):
     """Collect activation statistics (streaming, through onnxruntime) for the tensors to quantize."""
 
@@ -73,7 +72,7 @@ class Calibrate(Pass):
         observed = plan.observed()
         if not observed:
             ctx.warning("QC405", "nothing to calibrate: the plan quantizes no activation")
-            ctx.stats = CalibrationStats({}, "", 0)
+            ctx.state.put(CalibrationStats({}, "", 0))
             return PassResult(False, {"tensors": 0})
         cal = recipe.calibration
         configs = {}
@@ -115,8 +114,7 @@ class Calibrate(Pass):
                     st.range = None
                 if all(t in cached.tensors for t in configs):
                     cached.finalize()
-                    ctx.stats = cached
-                    ctx.artifacts["plan"] = plan
+                    ctx.state.put(cached)
                     ctx.remark("QC404", f"calibration statistics reused from '{ctx.calib_cache}' "
                                         f"({len(configs)} tensors, {cached.samples} samples)")
                     return PassResult(False, {"tensors": len(configs), "samples": cached.samples, "cached": 1})
@@ -134,9 +132,8 @@ class Calibrate(Pass):
         cs.finalize()
         ctx.timings["calibrate.total"] = ctx.timings.get("calibrate.total", 0.0) + time.perf_counter() - t0
         if ctx.calib_cache and key:
-            cs.save(ctx.calib_cache)
-        ctx.stats = cs
-        ctx.artifacts["plan"] = plan
+            cs.save_cache(ctx.calib_cache)
+        ctx.state.put(cs)
         return PassResult(False, {"tensors": len(configs), "samples": samples, "cached": 0})
 
     @staticmethod
@@ -147,7 +144,7 @@ class Calibrate(Pass):
         if not p.exists():
             return None
         try:
-            cached = CalibrationStats.load(p)
+            cached = CalibrationStats.load_cache(p)
         except Exception as exc:
             ctx.remark("QC404", f"ignoring unreadable calibration cache '{p}': {exc}")
             return None

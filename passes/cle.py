@@ -22,7 +22,8 @@ ReLU6 / Clip(0, M) (``clip=``):
 
 A pair whose intermediate tensor has another consumer (a residual branch, a graph output) is skipped
 with a remark.  Per-layer figures (max/min channel-range ratio and per-tensor int8 weight SQNR,
-before and after) are left in ``ctx.artifacts["cle"]``.
+before and after) are left in ``ctx.state`` as a ``CLEReport`` (fact ``cle-report``).  BatchNorm statistics
+recorded by fold-bn (``bn-stats``) are rescaled with the channels they describe.
 """
 
 from __future__ import annotations
@@ -33,19 +34,31 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.pm.state import State
+from qcompiler.quant.state import BatchNormStats, BNRecord
 
 from ._layers import Layer, int8_per_tensor_sqnr, range_spread
 from ._pairs import (channel_const_shape, clip_bounds, convert_clip, find_pairs, per_channel_operand,
                      per_channel_values)
 
 
-@register_pass
+@dataclass
+class CLEReport(State):
+    """Per equalized layer: channel-range spread (max/min) before and after, and with measure=true the
+    per-tensor int8 weight SQNR before and after."""
+
+    fact = "cle-report"
+    layers: list[dict]
+
+
 class CLE(Pass):
     """Cross-layer equalization of per-channel weight ranges (exact in FP32)."""
 
     name = "cle"
+    provides = frozenset({"cle-report"})
     invalidates = frozenset({"calibrated"})
+    uses = frozenset({"bn-stats"})
     fp32_preserving = True
 
     @dataclass(frozen=True)
@@ -56,13 +69,14 @@ class CLE(Pass):
                                       "bound), barrier (stop), relu (replace by Relu: changes the model)",
                            choices=("rescale", "barrier", "relu"))
         measure: bool = option(False, "also record per-tensor int8 weight SQNR before/after of every equalized layer in "
-                                      "ctx.artifacts['cle'] (range spreads are always recorded)")
+                                      "the CLE report (range spreads are always recorded)")
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         pairs, skipped = find_pairs(graph, clip=self.options.clip)
         for node, why in skipped:
             ctx.remark("QC302", f"cle: {node.name} starts no pair: {why}", node=node.name)
         if not pairs:
+            ctx.state.put(CLEReport([]))
             return PassResult(False, {"pairs": 0})
         names = Namer(graph)
         layers: dict[int, Layer] = {}
@@ -123,15 +137,17 @@ class CLE(Pass):
                                 f"(largest last step |log s| = {worst:.2g}); the result is exact but less equalized")
         if first_worst <= self.options.tolerance and clips == 0 and self.options.clip != "relu":
             # already equalized (e.g. a second run): leave the graph exactly as it is
+            ctx.state.put(CLEReport([]))
             return PassResult(False, {"pairs": len(pairs), "sweeps": 1})
-        bn_stats = ctx.artifacts.get("bn_stats", {})
+        bn_stats = ctx.state.get(BatchNormStats)
         for k, lay in layers.items():
             lay.scale_both(a[k], b[k])
             out_t = lay.bias_node.outputs[0] if lay.bias_node is not None else lay.node.outputs[0]
-            if out_t.name in bn_stats:  # keep fold-bn's statistics true for absorb-bias / bias-correct
-                st = bn_stats[out_t.name]
-                bn_stats[out_t.name] = {**st, "mean": (np.asarray(st["mean"]) * a[k]).tolist(),
-                                        "std": (np.asarray(st["std"]) * a[k]).tolist()}
+            st = bn_stats.get(out_t.name) if bn_stats is not None else None
+            if st is not None:  # keep fold-bn's statistics true for absorb-bias / bias-correct
+                bn_stats = bn_stats.with_record(out_t.name, BNRecord(st.layer, st.mean * a[k], st.std * a[k]))
+        if bn_stats is not None:
+            ctx.state.put(bn_stats)
 
         # write back: weights, then the chain ops (Clip -> Relu + Min with per-channel bounds)
         for lay in layers.values():
@@ -162,7 +178,7 @@ class CLE(Pass):
             if measure:
                 row.update(sqnr_before=sqnr_before[key], sqnr_after=int8_per_tensor_sqnr(lay.W))
             report.append(row)
-        ctx.artifacts["cle"] = report
+        ctx.state.put(CLEReport(report))
         for p in pairs:
             ctx.remark("QC301", f"cle equalized {p.l1.name} -> {p.l2.name}", node=p.l2.name)
         graph.cleanup(remove_unused_graph_inputs=False)

@@ -19,12 +19,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import bypass_node, ensure_sorted, replace_all_uses
-from qcompiler.ir.io import name_unnamed_nodes
+from qcompiler.ir.io import external_ref, name_unnamed_nodes
 from qcompiler.ir.query import is_graph_input, is_graph_output, subgraph_referenced_names
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 
 
-@register_pass
 class Cleanup(Pass):
     """Remove dead nodes, Identity and inference Dropout, merge duplicate initializers, toposort."""
 
@@ -88,8 +87,7 @@ class Cleanup(Pass):
                     continue
                 if not t.outputs:
                     continue
-                values = t._values
-                if hasattr(values, "file"):  # unread external data: not worth reading just to compare
+                if external_ref(t) is not None:  # unread external data: not worth reading just to compare
                     continue
                 arr = np.ascontiguousarray(t.values)
                 if arr.nbytes < self.options.dedupe_min_bytes:

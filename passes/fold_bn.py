@@ -24,9 +24,9 @@ the layer and read by nothing else; the layer's weight is a constant read only b
 A BatchNormalization with no foldable producer becomes ``Mul(x, s) + t`` with per-channel
 constants (``unfoldable=mul-add``, the default) or is left alone (``unfoldable=keep``).
 
-The statistics of every folded BatchNormalization are recorded in ``ctx.artifacts["bn_stats"]``
-(keyed by the layer's output tensor: the post-BN mean ``beta`` and std ``|gamma|``) for the
-data-free bias correction.
+The statistics of every folded BatchNormalization are left in ``ctx.state`` as ``BatchNormStats``
+(fact ``bn-stats``; keyed by the layer's output tensor: the post-BN mean ``beta`` and std ``|gamma|``) for
+the data-free bias correction and absorb-bias.
 """
 
 from __future__ import annotations
@@ -37,19 +37,19 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer, replace_all_uses
-from qcompiler.ir.query import attr, const_value, is_graph_output, rank, subgraph_referenced_names
+from qcompiler.ir.query import attr, const_value, is_graph_output, producer, rank, subgraph_referenced_names
 from qcompiler.ir.shapes import infer_shapes
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.state import BatchNormStats, BNRecord
 
 from ._layers import Layer, weight_exclusive
 
 
-@register_pass
 class FoldBN(Pass):
     """Fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm/MatMul."""
 
     name = "fold-bn"
-    provides = frozenset({"bn-folded"})
+    provides = frozenset({"bn-folded", "bn-stats"})
     invalidates = frozenset({"calibrated"})
     fp32_preserving = True
 
@@ -65,7 +65,7 @@ class FoldBN(Pass):
         names = Namer(graph)
         protected = subgraph_referenced_names(graph)
         stats: dict[str, int] = {}
-        bn_stats = ctx.artifacts.setdefault("bn_stats", {}) if ctx is not None else {}
+        bn_stats = ctx.state.get(BatchNormStats) or BatchNormStats()
 
         def bump(key: str) -> None:
             stats[key] = stats.get(key, 0) + 1
@@ -80,7 +80,7 @@ class FoldBN(Pass):
                 continue
             s, t, gamma, beta = self._affine(bn)
             x = bn.inputs[0]
-            prod = x.inputs[0] if x.inputs else None
+            prod = producer(x)
             why = self._foldable(graph, prod, x, bn, protected, self.options.copy_shared)
             if why is None:
                 layer = Layer.of(prod)
@@ -95,7 +95,7 @@ class FoldBN(Pass):
                 replace_all_uses(graph, bn.outputs[0], out_t)
                 bn.inputs.clear()
                 bn.outputs.clear()
-                bn_stats[out_t.name] = {"layer": prod.name, "mean": beta.tolist(), "std": np.abs(gamma).tolist()}
+                bn_stats = bn_stats.with_record(out_t.name, BNRecord(prod.name, beta, np.abs(gamma)))
                 ctx.remark("QC301", f"fold-bn folded {bn.name} into {prod.name}", node=prod.name)
                 bump("folded")
                 continue
@@ -118,6 +118,7 @@ class FoldBN(Pass):
             self._to_mul_add(graph, bn, s, t, r, names)
             ctx.remark("QC302", f"fold-bn rewrote {bn.name} to Mul+Add: {why}", node=bn.name)
             bump("mul_add")
+        ctx.state.put(bn_stats)
         if stats.get("folded") or stats.get("mul_add"):
             graph.cleanup(remove_unused_graph_inputs=False)
         return PassResult(bool(stats.get("folded") or stats.get("mul_add") or shapes_changed), stats)

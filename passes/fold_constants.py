@@ -14,10 +14,9 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import ensure_sorted
 
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 
 
-@register_pass
 class FoldConstants(Pass):
     """Fold constant subgraphs (and static Shape ops) into initializers."""
 

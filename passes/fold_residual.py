@@ -22,13 +22,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.query import const_value, is_graph_output, subgraph_referenced_names
-from qcompiler.pm import Pass, PassResult, register_pass
+from qcompiler.ir.query import const_value, is_graph_output, producer, subgraph_referenced_names
+from qcompiler.pm import Pass, PassResult
 
 from ._layers import conv_geometry
 
 
-@register_pass
 class FoldResidual(Pass):
     """Fold y = Conv(x) + x into the conv kernel (identity added at the kernel centre)."""
 
@@ -51,7 +50,7 @@ class FoldResidual(Pass):
             reason = None
             for conv_in, other in ((0, 1), (1, 0)):
                 t = add.inputs[conv_in]
-                conv = t.inputs[0] if t.inputs else None
+                conv = producer(t)
                 if conv is None or conv.op != "Conv" or conv.inputs[0] is not add.inputs[other]:
                     continue
                 reason = self._check(graph, conv, t, protected)

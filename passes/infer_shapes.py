@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.shapes import infer_shapes
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 
 
-@register_pass
 class InferShapes(Pass):
     """Infer and record tensor shapes and element types."""
 

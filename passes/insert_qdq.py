@@ -23,13 +23,15 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from qcompiler.calib.stats import CalibrationStats
 from qcompiler.diagnostics import QCompilerError
 from qcompiler.ir.io import copy_graph, iter_graphs
 from qcompiler.ir.opset import upgrade_opset
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.emit import Emitter
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
+from qcompiler.quant.state import FP32Reference, QuantizationRecord
 from qcompiler.quant.session import ensure_recipe
 
 
@@ -40,13 +42,12 @@ def refuse_if_quantized(graph: gs.Graph) -> None:
                                   "quantize it again")
 
 
-@register_pass
 class InsertQDQ(Pass):
     """Insert Q/DQ nodes following the target's placement rules (TensorRT by default)."""
 
     name = "insert-qdq"
     requires = frozenset({"calibrated"})
-    provides = frozenset({"quantized"})
+    provides = frozenset({"quantized", "fp32-reference", "qdq-plan"})
     invalidates = frozenset({"calibrated"})
 
     @dataclass(frozen=True)
@@ -72,24 +73,24 @@ class InsertQDQ(Pass):
             upgrade_opset(graph, need)
             ctx.remark("QC305", f"upgraded the model from opset {current} to {need} (needed for "
                                 f"{'fp8' if need == 19 else 'blocked int4' if need == 21 else 'per-channel'} Q/DQ)")
-        ctx.reference = copy_graph(graph)
+        stats = ctx.state.require(CalibrationStats, self.name)
+        reference = copy_graph(graph)
         inner = [n for g in list(iter_graphs(graph))[1:] for n in g.nodes
                  if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
         if inner:
             ctx.remark("QC504", f"{len(inner)} layer(s) inside If/Loop/Scan bodies stay float (quantizing inside "
                                 "subgraphs is not supported; the subgraphs are kept intact)", node=inner[0].name)
         plan = make_plan(graph, recipe, ctx.diagnostics)
-        result = Emitter(graph, plan, ctx.stats, weights_mode=self.options.weights, diagnostics=ctx.diagnostics).run()
-        ctx.artifacts["plan"] = plan
-        ctx.artifacts["qparams"] = result
-        ctx.artifacts["recipe_used"] = {
+        result = Emitter(graph, plan, stats, weights_mode=self.options.weights, diagnostics=ctx.diagnostics).run()
+        recipe_used = {
             "recipe": recipe.to_dict(),
             "observers": {t: {"method": st.config.method, "range": [float(st.range[0].min()), float(st.range[1].max())]}
-                          for t, st in (ctx.stats.tensors.items() if ctx.stats is not None else [])
-                          if st.range is not None},
+                          for t, st in stats.tensors.items() if st.range is not None},
             "float_layers": dict(plan.float_nodes),
-            "calibration_samples": getattr(ctx.stats, "samples", 0),
+            "calibration_samples": stats.samples,
         }
+        ctx.state.put(FP32Reference(reference))
+        ctx.state.put(QuantizationRecord(plan, result, recipe_used))
         counts = dict(result.counts)
         counts["float_layers"] = len(plan.float_nodes)
         modified = bool(result.counts.get("activations") or result.counts.get("weights"))

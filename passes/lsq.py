@@ -12,17 +12,17 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 
 from .adaround import _inputs
 
 
-@register_pass
 class LSQ(Pass):
     """LSQ/LSQ+: learn quantization step sizes (and optionally weights) against the FP32 model."""
 
     name = "lsq"
-    requires = frozenset({"quantized"})
+    requires = frozenset({"quantized", "fp32-reference"})
+    provides = frozenset({"finetune-report"})
 
     @dataclass(frozen=True)
     class Options:
@@ -36,11 +36,11 @@ class LSQ(Pass):
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         from qcompiler.bridge.finetune import lsq
 
-        batches = _inputs(ctx, graph, self.options.max_samples)
-        res = lsq(graph, ctx.reference, batches, iters=self.options.iters, lr=self.options.lr,
+        ref, batches = _inputs(ctx, self.name, self.options.max_samples)
+        res = lsq(graph, ref, batches, iters=self.options.iters, lr=self.options.lr,
                   train_weights=self.options.train_weights, plus=self.options.plus,
                   weight_lr=self.options.weight_lr, seed=ctx.seed, progress=ctx.show_progress())
         ctx.remark("QC603", f"{res.method}: distillation loss {res.loss_before:.4g} -> {res.loss_after:.4g} "
                             f"({res.seconds:.1f} s)")
-        ctx.artifacts["finetune"] = res
+        ctx.state.put(res)
         return PassResult(True, dict(res.written))

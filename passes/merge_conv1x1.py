@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.query import const_value, is_graph_output, subgraph_referenced_names
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 
 from ._layers import conv_geometry
 
@@ -57,7 +57,6 @@ def _bias(node: gs.Node, channels: int, dtype) -> np.ndarray | None:
     return np.zeros(channels, np.float64)
 
 
-@register_pass
 class MergeConv1x1(Pass):
     """Merge a Conv with an adjacent 1x1 Conv into a single Conv."""
 

@@ -13,16 +13,28 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.diagnostics import CalibrationError, QCompilerError
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.diagnostics import CalibrationError
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.pm.state import State
+from qcompiler.quant.state import FP32Reference
 
 
-@register_pass
+@dataclass
+class MixedPrecisionReport(State):
+    """Layers mixed-precision returned to float, the output SQNR reached, and each layer's sensitivity."""
+
+    fact = "mixed-precision-report"
+    float_layers: list[str]
+    sqnr: float
+    sensitivity: dict[str, float]
+
+
 class MixedPrecision(Pass):
     """Keep the most sensitive layers in float until the output SQNR reaches a target."""
 
     name = "mixed-precision"
-    requires = frozenset({"quantized"})
+    requires = frozenset({"quantized", "fp32-reference"})
+    provides = frozenset({"mixed-precision-report"})
 
     @dataclass(frozen=True)
     class Options:
@@ -37,10 +49,7 @@ class MixedPrecision(Pass):
 
         if ctx.calib_data is None:
             raise CalibrationError("mixed-precision needs calibration data", code="QC401", hint="pass --calib-data")
-        ref = ctx.reference
-        if ref is None:
-            raise QCompilerError("mixed-precision needs the FP32 graph that insert-qdq keeps; run it after "
-                                 "insert-qdq", code="QC604")
+        ref = ctx.state.require(FP32Reference, self.name).graph
         data = CalibData(ctx.calib_data.source, DataOptions(ctx.calib_data.options.batch_size,
                                                             self.options.max_samples, ctx.calib_data.options.skip_bad))
         out = ref.outputs[0].name
@@ -48,7 +57,9 @@ class MixedPrecision(Pass):
         layers = [n for n in quantized_layers(graph) if n.name in ref_names]
         current = streamed_sqnr(ref, graph, [out], data)["sqnr"][out]
         if current >= self.options.target_sqnr or not layers:
-            ctx.remark("QC604", f"mixed-precision: output SQNR {current:.1f} dB already meets {self.options.target_sqnr:g}")
+            ctx.remark("QC604", f"mixed-precision: output SQNR {current:.1f} dB already meets "
+                                f"{self.options.target_sqnr:g}")
+            ctx.state.put(MixedPrecisionReport([], current, {}))
             return PassResult(False, {"float_layers": 0})
         sens = layer_sensitivity(graph, ref, data, layers=layers)
         order = sorted(sens, key=lambda k: sens[k])
@@ -68,5 +79,5 @@ class MixedPrecision(Pass):
                 ctx.warning("QC604", f"mixed-precision reached max-float={self.options.max_float} with output SQNR "
                                      f"{current:.1f} dB < target {self.options.target_sqnr:g}")
         replace_graph_contents(graph, best)
-        ctx.artifacts["mixed_precision"] = {"float_layers": floated, "sqnr": current, "sensitivity": sens}
+        ctx.state.put(MixedPrecisionReport(floated, current, sens))
         return PassResult(True, {"float_layers": len(floated)})

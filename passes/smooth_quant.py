@@ -26,12 +26,11 @@ from qcompiler.calib.data import CalibData, DataOptions
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.query import const_value, is_graph_output, subgraph_referenced_names
-from qcompiler.pm import Pass, PassResult, option, register_pass
+from qcompiler.pm import Pass, PassResult, option
 
 from ._layers import Layer
 
 
-@register_pass
 class SmoothQuant(Pass):
     """SmoothQuant: migrate activation outliers of MatMul/Gemm inputs into their weights (exact in FP32)."""
 

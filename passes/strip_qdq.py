@@ -12,16 +12,15 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.pm import Pass, PassResult, register_pass
+from qcompiler.pm import Pass, PassResult
 from qcompiler.quant.strip import strip_qdq
 
 
-@register_pass
 class StripQDQ(Pass):
     """Remove Q/DQ nodes (dequantizing stored weights) so the model can be quantized again."""
 
     name = "strip-qdq"
-    invalidates = frozenset({"calibrated", "quantized"})
+    invalidates = frozenset({"calibrated", "quantized", "fp32-reference", "qdq-plan"})
 
     @dataclass(frozen=True)
     class Options:

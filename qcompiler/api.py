@@ -19,8 +19,10 @@ from .diagnostics import DiagnosticEngine, ModelSaveError, QCompilerError, Sever
 from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
 from .ir.io import get_meta
-from .pm import DumpIR, PassContext, PassManager, PipelineResult, Reproducer, Timing, load_pipeline
+from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
 from .pm.manager import initial_facts
+from .pm.state import StateStore
+from .quant.state import QuantizationRecord
 
 
 @dataclass
@@ -74,12 +76,13 @@ def make_context(*, config: Any = None, calib_data: Any = None, calib_cache: str
 
 
 def compile_graph(graph: gs.Graph, pipeline: Any, *, ctx: PassContext | None = None, verify_each: bool = False,
-                  instruments: list | None = None, **ctx_kwargs: Any) -> CompileResult:
+                  instruments: list | None = None, registry: Registry | None = None,
+                  **ctx_kwargs: Any) -> CompileResult:
     """Run a pipeline on a graph in place.  ``ctx_kwargs`` go to :func:`make_context`."""
-    spec = load_pipeline(pipeline)
+    spec = load_pipeline(pipeline, registry)
     ctx = ctx or make_context(**ctx_kwargs)
-    pm = PassManager(spec, verify_each=verify_each, instruments=instruments or [])
-    pm.check_facts(ctx.facts | initial_facts(graph))
+    pm = PassManager(spec, verify_each=verify_each, instruments=instruments or [], registry=registry)
+    pm.check_facts(ctx.facts | ctx.state.facts() | initial_facts(graph))
     result = pm.run(graph, ctx)
     return CompileResult(graph, str(spec), result, ctx.diagnostics, ctx)
 
@@ -91,14 +94,21 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   diagnostics: DiagnosticEngine | None = None, external_data: str = "auto",
                   seed: int = 0, progress: bool | None = None, threads: int | None = None,
                   allow_random_calibration: bool = False, calib_options: dict[str, Any] | None = None,
-                  save_recipe: bool = True) -> CompileResult:
-    """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically."""
+                  save_recipe: bool = True, state: str | os.PathLike | None = None,
+                  registry: Registry | None = None) -> CompileResult:
+    """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically.
+
+    ``state`` is a folder of pass state saved by a reproducer (``DIR/state``): the pipeline starts with it,
+    so a saved ``insert-qdq`` failure replays with its calibration statistics."""
     out = check_output_path(input_path, output_path)
-    spec = load_pipeline(pipeline)  # syntax, names and options: fail before loading anything
+    spec = load_pipeline(pipeline, registry)  # syntax, names and options: fail before loading anything
     diags = diagnostics if diagnostics is not None else DiagnosticEngine()
     ctx = make_context(config=config, calib_data=calib_data, calib_cache=calib_cache, diagnostics=diags, seed=seed,
                        progress=progress, threads=threads, allow_random_calibration=allow_random_calibration,
                        calib_options=calib_options)
+    if state is not None:
+        ctx.state, saved_facts = StateStore.load(state)
+        ctx.facts |= saved_facts
     graph = load_model(input_path)
     verify_graph(graph)
     if input_shapes:
@@ -110,12 +120,11 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
         instruments.append(Reproducer(reproducer))
     if timing:
         instruments.append(Timing())
-    pm = PassManager(spec, verify_each=verify_each, instruments=instruments)
-    pm.check_facts(ctx.facts | initial_facts(graph))
+    pm = PassManager(spec, verify_each=verify_each, instruments=instruments, verify_result=True, registry=registry)
+    pm.check_facts(ctx.facts | ctx.state.facts() | initial_facts(graph))
     if ctx.calib_data is not None:
         ctx.calib_data.check_signature(graph)
     result = pm.run(graph, ctx)
-    verify_graph(graph, code="QC210", pass_name=result.records[-1].name if result.records else None)
     if diags.has_errors:
         first = diags.errors[0]
         raise QCompilerError(first.message, code=first.code, node=first.node, pass_name=first.pass_name,
@@ -127,10 +136,10 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     meta.metadata_props["qcompiler.version"] = __version__
     written = save_model(graph, out, external_data=external_data)
     extra: list[Path] = []
-    used = ctx.artifacts.get("recipe_used")
-    if save_recipe and used is not None:
+    record = ctx.state.get(QuantizationRecord)
+    if save_recipe and record is not None:
         rp = Path(str(out) + ".recipe.json")
-        atomic_write(rp, json.dumps(used, indent=2, sort_keys=True) + "\n")
+        atomic_write(rp, json.dumps(record.recipe_used, indent=2, sort_keys=True) + "\n")
         extra.append(rp)
     return CompileResult(graph, str(spec), result, diags, ctx, written, extra)
 

@@ -125,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-ir", metavar="DIR", help="write the graph after each pass to DIR/NN-pass.{onnx,txt}")
     p.add_argument("--timing", action="store_true", help="print per-pass wall time")
     p.add_argument("--verify-each", action="store_true", help="verify the graph and each pass's modified flag")
-    p.add_argument("--reproducer", metavar="DIR", help="on a pass failure, save the graph before it and a one-pass pipeline")
+    p.add_argument("--reproducer", metavar="DIR",
+                   help="on a failure, save what replays it: the graph before the failing pass, a one-pass pipeline, "
+                        "the pass state and replay.sh")
+    p.add_argument("--state", metavar="DIR", help="start from pass state saved by a reproducer (DIR/state)")
     p.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
                    help="store weights in OUTPUT.data (auto: when the input did, or when over 2 GB)")
     p.add_argument("--report", action="store_true",
@@ -245,7 +248,7 @@ def cmd_compile(args) -> int:
                             dump_ir=args.dump_ir, timing=args.timing, reproducer=args.reproducer, diagnostics=diags,
                             external_data=args.external_data, seed=args.seed, progress=_progress(args),
                             threads=args.threads, allow_random_calibration=args.allow_random_calibration,
-                            calib_options=_calib_options(args))
+                            calib_options=_calib_options(args), state=args.state)
     except QCompilerError:
         _emit(list(diags), args)
         raise
@@ -264,14 +267,15 @@ def cmd_compile(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from .pm import all_passes, all_pipelines, lookup
     from .pm.options import option_specs, format_value
-    from .pm.registry import NamedPipeline
+    from .pm.registry import NamedPipeline, default_registry
+
+    registry = default_registry()
 
     if args.action == "describe" or (args.action == "list" and args.name):
         if not args.name:
             raise UsageError("`qcompiler passes describe` needs a NAME", hint="qcompiler passes describe cle")
-        target = lookup(args.name)
+        target = registry.lookup(args.name)
         specs = option_specs(target.Options)
         if args.json:
             d: dict[str, Any] = {"name": args.name, "kind": "pipeline" if isinstance(target, NamedPipeline) else "pass",
@@ -305,8 +309,8 @@ def cmd_passes(args) -> int:
         if not isinstance(target, NamedPipeline):
             print("\n" + target.description())
         return 0
-    passes = all_passes()
-    pipes = all_pipelines()
+    passes = registry.passes()
+    pipes = registry.pipelines()
     if args.json:
         print(json.dumps({"passes": {n: c.summary() for n, c in passes.items()},
                           "pipelines": {n: p.summary for n, p in pipes.items()}}, indent=2))
@@ -417,6 +421,7 @@ def cmd_demo(args) -> int:
     return run_demo(model=args.model, pipeline=args.pipeline, workdir=args.workdir, verbose=args.verbose)
 
 
+USES_REGISTRY = {"compile", "passes", "pipeline", "finetune", "demo"}
 COMMANDS = {"compile": cmd_compile, "passes": cmd_passes, "pipeline": cmd_pipeline, "inspect": cmd_inspect,
             "lint-trt": cmd_lint, "report": cmd_report, "finetune": cmd_finetune, "demo": cmd_demo}
 
@@ -429,6 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in USES_REGISTRY:  # a plugin that failed to load is a warning on every such command
+            from .pm.registry import default_registry
+
+            _emit(default_registry().load_errors, args)
         return COMMANDS[args.command](args)
     except QCompilerError as exc:
         d = exc.diagnostic

@@ -20,6 +20,7 @@ def run_demo(model: str = "resnet", pipeline: str = "trt-int8", workdir: str | N
     from .api import compile_model
     from .ir.runtime import Session
     from .quant.lint import lint_model
+    from .quant.state import QuantizationRecord
     from .testing import sqnr_db
 
     entry = zoo.get(model)
@@ -56,9 +57,9 @@ def run_demo(model: str = "resnet", pipeline: str = "trt-int8", workdir: str | N
     print(f"      top-1 FP32 {top_fp:.2f}%   quantized {top_q:.2f}%   (delta {top_q - top_fp:+.2f} points, "
           f"{agree:.1f}% same predictions)")
     print(f"      logits SQNR {sqnr_db(a, b):.1f} dB")
+    record = res.context.state.get(QuantizationRecord)
     print(f"      Q/DQ: {info.qdq['quantize']} QuantizeLinear, {info.qdq['dequantize']} DequantizeLinear; "
-          f"{len(res.context.artifacts.get('plan').float_nodes) if res.context.artifacts.get('plan') else 0} "
-          "layer(s) kept float")
+          f"{len(record.plan.float_nodes) if record is not None else 0} layer(s) kept float")
     print(f"      lint-trt: {lint.n_errors} error(s), {lint.n_warnings} warning(s)"
           + (" - TensorRT-ready" if lint.n_errors == 0 else ""))
     sys.stdout.flush()

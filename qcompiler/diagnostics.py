@@ -44,6 +44,9 @@ CODES: dict[str, str] = {
     "QC105": "pipeline facts out of order",
     "QC106": "invalid pipeline file",
     "QC107": "invalid command-line usage",
+    "QC110": "plugin failed to load",
+    "QC120": "pass state missing",
+    "QC121": "pass state folder unreadable",
     # models
     "QC201": "model file not found",
     "QC202": "model file is not a valid ONNX model",

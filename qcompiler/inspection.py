@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .ir import graph_to_text, load_model
-from .ir.io import get_meta, iter_graphs
+from .ir.io import constant_nbytes, get_meta, iter_graphs
 from .ir.query import op_histogram
 
 
@@ -90,9 +90,7 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
                 seen.add(t.name)
                 n = int(np.prod(t.shape)) if len(t.shape) else 1
                 info.parameters += n
-                v = t._values
-                info.weight_bytes += v.nbytes if hasattr(v, "nbytes") and not isinstance(v, np.ndarray) else \
-                    np.asarray(t.values).nbytes
+                info.weight_bytes += constant_nbytes(t)
     info.file_bytes = Path(path).stat().st_size
     info.external_files = [os.path.basename(f) for f in meta.external_files]
     dtypes: dict[str, int] = {}

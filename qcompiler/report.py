@@ -29,7 +29,7 @@ from .diagnostics import QCompilerError
 from .fsutil import atomic_write
 from .ir import load_model
 from .ir.io import copy_graph, get_meta
-from .ir.query import const_value
+from .ir.query import const_value, produced_by, producer
 from .ir.runtime import Session
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -39,7 +39,7 @@ def quantized_layers(g: gs.Graph) -> list[gs.Node]:
     out = []
     for n in g.nodes:
         if n.op in WEIGHTED and len(n.inputs) > 1:
-            src = [i.inputs[0] if i.inputs else None for i in n.inputs[:2]]
+            src = [producer(i) for i in n.inputs[:2]]
             if any(p is not None and p.op == "DequantizeLinear" for p in src):
                 out.append(n)
     return out
@@ -112,11 +112,11 @@ def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
         if n.op in ("QuantizeLinear", "DequantizeLinear") or not which(n):
             continue
         for k, t in enumerate(n.inputs):
-            dq = t.inputs[0] if t.inputs else None
+            dq = producer(t)
             if dq is None or dq.op != "DequantizeLinear":
                 continue
             src = dq.inputs[0]
-            q = src.inputs[0] if src.inputs else None
+            q = producer(src)
             if q is not None and q.op == "QuantizeLinear":
                 n.inputs[k] = q.inputs[0]
             else:
@@ -251,10 +251,10 @@ def _activation_histograms(ref: gs.Graph, qdq: gs.Graph, data, worst: list[str])
     nodes = {n.name: n for n in qdq.nodes}
     for name in worst:
         n = nodes.get(name)
-        if n is None or not n.inputs[0].inputs or n.inputs[0].inputs[0].op != "DequantizeLinear":
+        if n is None or produced_by(n.inputs[0], "DequantizeLinear") is None:
             continue
-        dq = n.inputs[0].inputs[0]
-        q = dq.inputs[0].inputs[0] if dq.inputs[0].inputs else None
+        dq = producer(n.inputs[0])
+        q = producer(dq.inputs[0])
         if q is None or q.op != "QuantizeLinear":
             continue
         t = q.inputs[0].name

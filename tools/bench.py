@@ -152,13 +152,14 @@ def ort_preprocess(src: str, dst: str) -> str:
 
 def w_qcompiler(task: dict) -> dict:
     from qcompiler.api import compile_model
+    from qcompiler.bridge.results import FinetuneResult
 
     t0 = time.perf_counter()
     res = compile_model(task["src"], task["out"], task["pipeline"], calib_data=task["calib"],
                         config=task.get("config"), calib_cache=task.get("cache"),
                         calib_options={"batch_size": task.get("batch", 8)})
     wall = time.perf_counter() - t0
-    ft = res.context.artifacts.get("finetune")
+    ft = res.context.state.get(FinetuneResult)
     out = {"wall_s": round(wall, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
            "finetune_s": round(ft.seconds, 2) if ft else None,
            "finetune_ms_per_iter": round(1000 * ft.seconds_per_iteration, 2) if ft else None,
@@ -560,6 +561,7 @@ class Bench:
 
     def cle(self) -> None:
         from qcompiler.ir import load_model
+        from qcompiler.passes.cle import CLEReport
         from qcompiler.pm import PassContext, run_pipeline
 
         rows = []
@@ -567,7 +569,7 @@ class Bench:
             g = load_model(self.zoo.onnx_path(name))
             ctx = PassContext()
             run_pipeline(g, "fold-bn,merge-conv1x1,cle{measure=true}", ctx)
-            rep = ctx.artifacts["cle"]
+            rep = ctx.state.require(CLEReport).layers
             rows.append({"model": name, "layers": rep})
         acc = []
         models = ["mobilenetv2", "resnet"]

@@ -21,28 +21,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import BridgeError, DiagnosticEngine
+from ..ir.query import produced_by, producer
+from .results import FinetuneResult
 from .module import GraphModule, _torch
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-@dataclass
-class FinetuneResult:
-    method: str
-    iterations: int
-    seconds: float
-    seconds_per_iteration: float
-    loss_before: float
-    loss_after: float
-    written: dict[str, int]
-    layers: int = 0
 
 
 def _setup(seed: int):
@@ -152,8 +141,8 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
     dev = device()
     student = GraphModule(qdq, reference=fp32).to(dev)
     teacher = GraphModule(fp32).to(dev)
-    layers = [n for n in qdq.nodes if n.op in WEIGHTED and n.inputs[1].inputs and
-              n.inputs[1].inputs[0].op == "DequantizeLinear" and _key_of(n.inputs[1].inputs[0]) in student.wq]
+    layers = [n for n in qdq.nodes if n.op in WEIGHTED and
+              _key_of(produced_by(n.inputs[1], "DequantizeLinear")) in student.wq]
     ref_names = {n.name for n in fp32.nodes}
     layers = [n for n in layers if n.name in ref_names]
     if not layers:
@@ -169,7 +158,7 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
     bar = _progress(progress, iters * len(layers), "adaround")
     t0 = time.perf_counter()
     for layer in layers:
-        wq = student.wq[_key_of(layer.inputs[1].inputs[0])]
+        wq = student.wq[_key_of(producer(layer.inputs[1]))]
         with torch.no_grad():  # the layer's inputs in the quantized model, earlier layers already rounded
             xs = []
             for f in feeds:
@@ -229,10 +218,10 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
                           written, layers=len(layers))
 
 
-def _key_of(node: gs.Node) -> str:
+def _key_of(node: gs.Node | None) -> str | None:
     from .module import _key
 
-    return _key(node.name)
+    return _key(node.name) if node is not None else None
 
 
 def reference_graph(fp32: gs.Graph, qdq: gs.Graph, diagnostics: DiagnosticEngine) -> gs.Graph:
@@ -242,7 +231,7 @@ def reference_graph(fp32: gs.Graph, qdq: gs.Graph, diagnostics: DiagnosticEngine
     from ..ir.io import get_meta
     from ..pm import PassContext, load_pipeline, run_pipeline
     from ..pm.pipeline import PipelineSpec, RepeatSpec, expand
-    from ..pm.registry import get_pass
+    from ..pm.registry import default_registry
 
     text = get_meta(qdq).metadata_props.get("qcompiler.pipeline")
     if not text:
@@ -256,7 +245,7 @@ def reference_graph(fp32: gs.Graph, qdq: gs.Graph, diagnostics: DiagnosticEngine
             continue
         if el.name == "calibrate" or el.name in ("insert-qdq",):
             break
-        cls = get_pass(el.name)
+        cls = default_registry().get_pass(el.name)
         if not cls.fp32_preserving:
             break
         prefix.append(el)

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from ..diagnostics import BridgeError
 from ..ir.edit import Namer
 from ..ir.io import iter_graphs
-from ..ir.query import const_value
+from ..ir.query import const_value, produced_by
 from ..quant.qspec import dequantize_linear, storage_grid
 from ..quant.strip import dequantized_constant
 from .ops import OPS
@@ -306,8 +306,8 @@ def _make_module_class():
                 s = np.maximum(wq.scale.detach().cpu().numpy().astype(np.float32), 1e-7)
                 sc = constant(names(dq.name + "_scale_ft"), s.reshape(np.asarray(const_value(dq.inputs[1])).shape))
                 src = dq.inputs[0]
-                if src.inputs and src.inputs[0].op == "QuantizeLinear":  # weights=qdq form
-                    qn = src.inputs[0]
+                qn = produced_by(src, "QuantizeLinear")
+                if qn is not None:  # weights=qdq form
                     qn.inputs[0] = constant(names(qn.inputs[0].name + "_ft"),
                                             wq.weight.detach().cpu().numpy().astype(np.float32))
                     qn.inputs[1] = sc

@@ -117,6 +117,11 @@ class DataSource:
     def fingerprint(self) -> str | None:
         return None
 
+    def location(self) -> str | None:
+        """The file or folder the data is read from (None for in-memory data)."""
+        path = getattr(self, "path", None)
+        return str(path) if path is not None else None
+
     def keys(self) -> list[str] | None:
         return None
 
@@ -467,6 +472,9 @@ class CalibData:
 
     def check_signature(self, graph: gs.Graph) -> None:
         self.source.check_signature(graph)
+
+    def location(self) -> str | None:
+        return self.source.location()
 
     def labels(self) -> np.ndarray | None:
         fn = getattr(self.source, "labels", None)

@@ -18,14 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from .observers import TensorStats, compute_range
 from ..fsutil import atomic_write
+from ..pm.state import State
+from .observers import TensorStats, compute_range
 
 CACHE_VERSION = 1
 
 
 @dataclass
-class CalibrationStats:
+class CalibrationStats(State):
+    """Activation statistics of the graph as it is now, collected by calibrate (one observer state per tensor)."""
+
+    fact = "calibrated"
     tensors: dict[str, TensorStats] = field(default_factory=dict)
     key: str = ""
     samples: int = 0
@@ -55,8 +59,22 @@ class CalibrationStats:
         tensors = {t["name"]: TensorStats.from_dict(t) for t in d["tensors"]}
         return CalibrationStats(tensors, d.get("key", ""), int(d.get("samples", 0)), d.get("meta", {}))
 
+    # -- reproducers (pm.state) ----------------------------------------------------------------
+    def save(self, directory: Path) -> dict[str, Any]:
+        """As a State: ``stats.json`` under ``directory``.  (``save_cache`` writes the cache file.)"""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.save_cache(d / "stats.json")
+        return {"file": "stats.json"}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any]) -> "CalibrationStats":
+        cs = cls.load_cache(Path(directory) / meta["file"])
+        cs.finalize()
+        return cs
+
     # -- cache files -------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save_cache(self, path: str | os.PathLike) -> Path:
         p = Path(path)
         text = json.dumps(self.to_dict(), sort_keys=True)
         if p.suffix.lower() == ".npz":
@@ -69,7 +87,7 @@ class CalibrationStats:
         return p
 
     @staticmethod
-    def load(path: str | os.PathLike) -> "CalibrationStats":
+    def load_cache(path: str | os.PathLike) -> "CalibrationStats":
         p = Path(path)
         if p.suffix.lower() == ".npz":
             with np.load(p) as z:

@@ -344,6 +344,60 @@ def name_unnamed_nodes(graph: gs.Graph) -> int:
     return count
 
 
+def external_ref(t: gs.Tensor) -> tuple[str, int, int] | None:
+    """(file, offset, length) of a constant whose bytes still sit unread in an external data file."""
+    v = getattr(t, "_values", None) if isinstance(t, gs.Constant) else None
+    return (v.file, v.offset, v.length) if isinstance(v, ExternalValues) else None
+
+
+def constant_nbytes(t: gs.Constant) -> int:
+    """Bytes a constant's values take, without reading external or proto-held data."""
+    v = t._values
+    if isinstance(v, np.ndarray):
+        return int(v.nbytes)
+    return int(getattr(v, "nbytes", 0))
+
+
+def constant_type_name(t: gs.Constant) -> str:
+    """numpy-style name of a constant's element type (``int8``, ``float8_e4m3fn``, ...) without loading it."""
+    v = t._values
+    if isinstance(v, LazyValues):
+        return onnx_type_name(v.tensor.data_type) or "undefined"
+    return np.asarray(t.values).dtype.name
+
+
+def onnx_type_name(code: int) -> str | None:
+    """numpy-style name of an ONNX TensorProto element type code (None for UNDEFINED or unknown codes)."""
+    if not code:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(code))).name
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def graph_fingerprint(graph: gs.Graph) -> str:
+    """Content hash of structure, attributes, value_info and weight values (unread external data is hashed by
+    its location, so fingerprinting never reads a multi-GB file)."""
+    import hashlib
+
+    from .text import graph_to_text
+
+    h = hashlib.sha1(graph_to_text(graph).encode())
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():  # value_info: intermediate dtypes and shapes
+            if isinstance(t, gs.Variable):
+                h.update(f"{t.name}:{t.dtype}:{t.shape};".encode())
+        for t in sorted((t for t in g.tensors().values() if isinstance(t, gs.Constant)), key=lambda t: t.name):
+            h.update(t.name.encode())
+            ref = external_ref(t)
+            if ref is not None:
+                h.update(f"{ref[0]}:{ref[1]}:{ref[2]}".encode())
+            else:
+                h.update(np.ascontiguousarray(t.values).tobytes())
+    return h.hexdigest()
+
+
 def copy_graph(graph: gs.Graph) -> gs.Graph:
     """A structural copy that shares weight arrays (passes replace arrays, never mutate them)."""
     new = graph.copy()

@@ -7,10 +7,33 @@ from typing import Any, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .io import constant_type_name, onnx_type_name
+
 
 def producer(t: gs.Tensor) -> gs.Node | None:
     """The node that produces ``t`` (None for graph inputs and initializers)."""
     return t.inputs[0] if t.inputs else None
+
+
+def produced_by(t: gs.Tensor | None, *ops: str) -> gs.Node | None:
+    """The producer of ``t`` when it is one of ``ops`` (any op when none are given), else None."""
+    node = producer(t) if t is not None else None
+    return node if node is not None and (not ops or node.op in ops) else None
+
+
+def dtype_name(t: gs.Tensor) -> str | None:
+    """numpy-style name of a tensor's element type (None when unknown); constants are not loaded."""
+    if isinstance(t, gs.Constant):
+        return constant_type_name(t)
+    if t.dtype is None:
+        return None
+    try:
+        return np.dtype(t.dtype).name
+    except TypeError:
+        try:
+            return onnx_type_name(int(t.dtype)) or str(t.dtype)
+        except (TypeError, ValueError):
+            return str(t.dtype)
 
 
 def consumers(t: gs.Tensor) -> list[gs.Node]:

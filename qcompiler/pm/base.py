@@ -5,7 +5,9 @@ A pass is a class with
 * ``name``: kebab-case identifier used by pipelines, the CLI, the registry, dumps and diagnostics;
 * ``Options``: a frozen dataclass of typed options (see :mod:`qcompiler.pm.options`);
 * ``requires`` / ``provides`` / ``invalidates``: facts the manager checks before anything runs
-  (``insert-qdq`` requires ``calibrated``; ``cle`` invalidates it);
+  (``insert-qdq`` requires ``calibrated``; ``cle`` invalidates it); a fact may stand for typed state in
+  ``ctx.state`` (:mod:`qcompiler.pm.state`), which the manager then checks and drops with the fact;
+  ``uses``: facts read when present (documentation: ``qcompiler passes describe``);
 * ``call(graph, ctx) -> PassResult``: mutate the graph in place and say whether anything changed
   (``modified`` must be computed from what really changed: ``repeat`` groups stop on it and
   ``--verify-each`` checks the claim), plus counters such as ``{"folded": 12, "skipped.shared_weight": 1}``.
@@ -29,15 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
-#: Facts used by the built-in passes (documented in docs/passes.md).
-KNOWN_FACTS = {
-    "calibrated": "ctx.stats holds activation statistics for the current graph",
-    "quantized": "the graph carries Q/DQ nodes emitted by insert-qdq",
-    "bn-folded": "BatchNormalization nodes with a foldable producer were folded",
-    "shapes-inferred": "tensor shapes were inferred",
-}
-
-
 @dataclass
 class PassResult:
     modified: bool
@@ -54,6 +47,9 @@ class Pass:
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     invalidates: ClassVar[frozenset[str]] = frozenset()
+    #: facts (and the state they stand for) the pass reads when present but does not need; listed in
+    #: ``qcompiler passes describe`` and checked by the manager only for a remark
+    uses: ClassVar[frozenset[str]] = frozenset()
     #: True for passes that must leave the model's outputs unchanged (up to float rounding);
     #: tests run every such pass through the onnxruntime before/after comparison.
     fp32_preserving: ClassVar[bool] = False

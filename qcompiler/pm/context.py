@@ -1,33 +1,37 @@
 """The context object that travels through a pipeline beside the graph.
 
-Calibration statistics, the quantization recipe, calibration data, diagnostics and pass-to-pass
-records live here, never in globals.
+What the user gives a compilation (the recipe, calibration data, run settings) are typed fields; what
+passes hand each other lives in :attr:`PassContext.state`, typed objects bound to facts
+(:mod:`qcompiler.pm.state`); diagnostics collect every message.  Nothing travels in globals.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..diagnostics import DiagnosticEngine
+from ..diagnostics import Diagnostic, DiagnosticEngine
+from .state import StateStore
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only: pm never imports calibration or quantization code
+    from ..calib.data import CalibData
+    from ..quant.recipe import Recipe
 
 
 @dataclass
 class PassContext:
     diagnostics: DiagnosticEngine = field(default_factory=DiagnosticEngine)
+    #: facts that hold for the graph now (those of ``state`` included)
     facts: set[str] = field(default_factory=set)
-    #: quantization recipe (qcompiler.quant.recipe.Recipe); None means the target's default recipe
-    recipe: Any = None
-    #: calibration data (qcompiler.calib.data.DataSource) for passes that run the model
-    calib_data: Any = None
-    #: activation statistics (qcompiler.calib.stats.CalibrationStats), set by `calibrate`
-    stats: Any = None
+    #: typed pass-to-pass state (calibration statistics, BatchNorm statistics, the FP32 reference, ...)
+    state: StateStore = field(default_factory=StateStore)
+    #: the quantization recipe; None means the target's default recipe (created by the first pass needing it)
+    recipe: "Recipe | None" = None
+    #: calibration data for passes that run the model
+    calib_data: "CalibData | None" = None
+    #: statistics cache file used by calibrate
     calib_cache: str | None = None
-    #: the graph as it was before quantization (set by insert-qdq), used by recovery passes
-    reference: Any = None
-    #: records passes leave for later passes (e.g. BatchNorm statistics kept by fold-bn)
-    artifacts: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     #: progress bars: None = only when stderr is a terminal
     progress: bool | None = None
@@ -39,19 +43,19 @@ class PassContext:
     current_pass: str | None = None
 
     # -- diagnostics with the current pass filled in ---------------------------------------
-    def remark(self, code: str, message: str, **kw: Any):
+    def remark(self, code: str, message: str, **kw: Any) -> Diagnostic:
         kw.setdefault("pass_name", self.current_pass)
         return self.diagnostics.remark(code, message, **kw)
 
-    def warning(self, code: str, message: str, **kw: Any):
+    def warning(self, code: str, message: str, **kw: Any) -> Diagnostic:
         kw.setdefault("pass_name", self.current_pass)
         return self.diagnostics.warning(code, message, **kw)
 
-    def note(self, code: str, message: str, **kw: Any):
+    def note(self, code: str, message: str, **kw: Any) -> Diagnostic:
         kw.setdefault("pass_name", self.current_pass)
         return self.diagnostics.note(code, message, **kw)
 
-    def error(self, code: str, message: str, **kw: Any):
+    def error(self, code: str, message: str, **kw: Any) -> Diagnostic:
         kw.setdefault("pass_name", self.current_pass)
         return self.diagnostics.error(code, message, **kw)
 

@@ -6,12 +6,14 @@ An instrument is any object with (some of) these hooks; the manager calls them i
     before_pass(pass_, index, graph, ctx)
     after_pass(pass_, index, graph, ctx, record)
     on_failure(pass_, index, graph, ctx, error)
+    on_verification_failure(graph, ctx, error)      # the final result failed verification
     after_pipeline(graph, ctx, result)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ class Instrument:
         pass
 
     def on_failure(self, pass_, index, graph, ctx, error) -> None:
+        pass
+
+    def on_verification_failure(self, graph, ctx, error) -> None:
         pass
 
     def after_pipeline(self, graph, ctx, result) -> None:
@@ -89,36 +94,87 @@ class DumpIR(Instrument):
 
 
 class Reproducer(Instrument):
-    """On failure, save the graph as it was before the failing pass and a one-pass pipeline.
+    """On failure, save what replays it: the graph, the pipeline, the pass state and the recipe.
 
-    Writes ``DIR/reproducer.onnx``, ``DIR/pipeline.txt`` and ``DIR/README.txt`` with the command that
-    replays the failure: ``qcompiler compile DIR/reproducer.onnx -o /tmp/x.onnx --pipeline "$(cat DIR/pipeline.txt)"``.
+    A pass that fails (raises, breaks the graph under ``--verify-each``, lies about ``modified``) leaves
+    the graph as it was *before that pass* and a one-pass pipeline; a result that fails the final
+    verification leaves the pipeline's *input* and the whole pipeline.  Either way ``DIR`` holds
+    ``reproducer.onnx``, ``pipeline.txt``, ``state/`` (the pass state at that point: calibration statistics,
+    BatchNorm statistics, the FP32 reference, ...), ``recipe.json`` when a recipe was in use,
+    ``failure.json``, ``replay.sh`` (the command that replays the failure) and ``README.txt``.
     """
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        self.snapshot = None
         self.written: Path | None = None
+        self._input: tuple[Any, list, set[str], str] | None = None
+        self._before: tuple[Any, list, set[str]] | None = None
+
+    def before_pipeline(self, graph, ctx, manager) -> None:
+        from .pipeline import print_pipeline
+
+        self._input = (copy_graph(graph), list(ctx.state), set(ctx.facts), print_pipeline(manager.spec))
 
     def before_pass(self, pass_, index, graph, ctx) -> None:
-        self.snapshot = copy_graph(graph)
+        # state objects are never changed in place (passes put new ones), so a list of them is a snapshot
+        self._before = (copy_graph(graph), list(ctx.state), set(ctx.facts))
 
     def on_failure(self, pass_, index, graph, ctx, error) -> None:
-        if self.snapshot is None:
+        if self._before is None:
             return
-        from .pipeline import print_pipeline, PassSpec
+        from .pipeline import PassSpec, print_pipeline
+
+        g, state, facts = self._before
+        spec = print_pipeline([PassSpec(pass_.name, tuple(pass_.options_dict(include_defaults=False).items()))])
+        self._write(g, spec, state, facts, ctx, error,
+                    {"failed_pass": pass_.name, "position": index}, f"Pass '{pass_.name}' (#{index}) failed")
+
+    def on_verification_failure(self, graph, ctx, error) -> None:
+        if self._input is None:
+            return
+        g, state, facts, spec = self._input
+        self._write(g, spec, state, facts, ctx, error, {"failed_pass": None, "position": None},
+                    "The pipeline's result failed verification")
+
+    def _write(self, g, spec: str, state: list, facts: set[str], ctx, error, where: dict[str, Any],
+               title: str) -> None:
+        import shlex
+
+        from .state import StateStore
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        g = self.snapshot
         g.qc_meta.path = None
         save_model(g, self.dir / "reproducer.onnx", external_data="auto", source_graph=g)
-        spec = print_pipeline([PassSpec(pass_.name, tuple(pass_.options_dict(include_defaults=False).items()))])
         (self.dir / "pipeline.txt").write_text(spec + "\n")
-        info: dict[str, Any] = {"failed_pass": pass_.name, "position": index, "error": str(error),
-                                "facts": sorted(ctx.facts)}
+        store = StateStore()
+        for obj in state:
+            store.put(obj)
+        manifest = store.save(self.dir / "state", facts)
+        cmd = ["qcompiler", "compile", "reproducer.onnx", "-o", "/tmp/repro-out.onnx", "--pipeline", spec,
+               "--state", "state"]
+        recipe = getattr(ctx, "recipe", None)
+        if recipe is not None:
+            (self.dir / "recipe.json").write_text(json.dumps(recipe.source, indent=2, sort_keys=True) + "\n")
+            cmd += ["--config", "recipe.json"]
+        data = getattr(ctx, "calib_data", None)
+        location = data.location() if data is not None else None
+        if location is not None:
+            cmd += ["--calib-data", location]
+        info: dict[str, Any] = {**where, "error": str(error), "facts": sorted(facts),
+                                "state_saved": sorted(manifest["state"]), "state_not_saved": manifest["not_saved"],
+                                "calibration_data": location if data is not None else None}
         (self.dir / "failure.json").write_text(json.dumps(info, indent=2) + "\n")
+        line = " ".join(shlex.quote(c) for c in cmd)
+        (self.dir / "replay.sh").write_text('#!/bin/sh\n# replays the failure from this folder\ncd "$(dirname "$0")" && '
+                                            + line + "\n")
+        os.chmod(self.dir / "replay.sh", 0o755)
+        notes = []
+        if manifest["not_saved"]:
+            notes.append("state not saved (recomputed by earlier passes if needed): " + ", ".join(manifest["not_saved"]))
+        if data is not None and location is None:
+            notes.append("the calibration data was a Python object: pass it again with --calib-data")
         (self.dir / "README.txt").write_text(
-            f"Pass '{pass_.name}' (#{index}) failed.\n"
-            f"Replay: qcompiler compile {self.dir / 'reproducer.onnx'} -o /tmp/repro-out.onnx --pipeline '{spec}'\n"
-            + ("(facts before the pass: " + ", ".join(sorted(ctx.facts)) + ")\n" if ctx.facts else ""))
+            f"{title}: {error}\n\nReplay (from this folder, or run replay.sh):\n  {line}\n"
+            + ("(facts before it: " + ", ".join(sorted(facts)) + ")\n" if facts else "")
+            + "".join(f"Note: {n}\n" for n in notes))
         self.written = self.dir / "reproducer.onnx"

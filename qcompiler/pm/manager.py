@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import FactOrderError, PassError, QCompilerError, VerificationError
-from ..ir.io import iter_graphs
-from ..ir.text import graph_to_text
+from ..ir.io import graph_fingerprint, iter_graphs
 from ..ir.verify import verify_graph
-from . import registry
+from .registry import Registry, default_registry
 from .base import Pass, PassResult
 from .context import PassContext
 from .options import build_options
 from .pipeline import PassSpec, PipelineSpec, RepeatSpec, expand, load_pipeline, print_pipeline
+from .state import state_type
 
 
 @dataclass
@@ -74,23 +72,6 @@ def initial_facts(graph: gs.Graph) -> set[str]:
     return facts
 
 
-def graph_fingerprint(graph: gs.Graph) -> str:
-    """Content hash of structure, attributes and weight values (used to check `modified` claims)."""
-    h = hashlib.sha1(graph_to_text(graph).encode())
-    for g in iter_graphs(graph):
-        for t in g.tensors().values():  # value_info: intermediate dtypes and shapes
-            if isinstance(t, gs.Variable):
-                h.update(f"{t.name}:{t.dtype}:{t.shape};".encode())
-        for t in sorted((t for t in g.tensors().values() if isinstance(t, gs.Constant)), key=lambda t: t.name):
-            h.update(t.name.encode())
-            v = t._values
-            if hasattr(v, "file") and hasattr(v, "offset"):
-                h.update(f"{v.file}:{v.offset}:{v.length}".encode())  # unread external data
-            else:
-                h.update(np.ascontiguousarray(t.values).tobytes())
-    return h.hexdigest()
-
-
 class PassManager:
     """Run a pipeline over a graph.
 
@@ -99,15 +80,19 @@ class PassManager:
     """
 
     def __init__(self, pipeline: str | PipelineSpec | Sequence[Pass], *, verify_each: bool = False,
-                 check_modified: bool | None = None, instruments: Sequence[Any] = ()):
+                 check_modified: bool | None = None, instruments: Sequence[Any] = (),
+                 registry: Registry | None = None, verify_result: bool = False):
+        self.registry = registry or default_registry()
+        #: verify the graph once every pass has run (instruments see a failure as on_verification_failure)
+        self.verify_result = verify_result
         if isinstance(pipeline, (list, tuple)) and all(isinstance(p, Pass) for p in pipeline):
             self.spec = PipelineSpec(tuple(PassSpec(p.name, tuple(p.options_dict(include_defaults=False).items()))
                                            for p in pipeline))
             instances = list(pipeline)
         else:
-            self.spec = load_pipeline(pipeline)  # type: ignore[arg-type]
+            self.spec = load_pipeline(pipeline, self.registry)  # type: ignore[arg-type]
             instances = None
-        self.expanded = expand(self.spec)
+        self.expanded = expand(self.spec, self.registry)
         self.verify_each = verify_each
         self.check_modified = verify_each if check_modified is None else check_modified
         self.instruments = list(instruments)
@@ -124,7 +109,7 @@ class PassManager:
                 if inst_iter is not None:
                     inst = next(inst_iter)
                 else:
-                    cls = registry.get_pass(el.name)
+                    cls = self.registry.get_pass(el.name)
                     inst = cls(build_options(cls.Options, el.option_map(), el.name))
                 out.append(_Node(counter[0], el, inst))
             return out
@@ -169,7 +154,7 @@ class PassManager:
                                    f"{provider.get(req, 'an earlier pass')} provided it")
                             hint = f"move {provider.get(req, 'the providing pass')} after {killed[req]}"
                         else:
-                            provs = registry.providers_of(req)
+                            provs = self.registry.providers_of(req)
                             msg = f"pass {label(it)} requires '{req}', which no earlier pass provides"
                             hint = ("add " + " or ".join(f"'{p}'" for p in provs) + f" before '{it.spec.name}'") \
                                 if provs else None
@@ -188,7 +173,7 @@ class PassManager:
     # -- running -------------------------------------------------------------------------------
     def run(self, graph: gs.Graph, ctx: PassContext | None = None) -> PipelineResult:
         ctx = ctx or PassContext()
-        ctx.facts |= initial_facts(graph)
+        ctx.facts |= initial_facts(graph) | ctx.state.facts()
         self.check_facts(ctx.facts)
         result = PipelineResult()
         t0 = time.perf_counter()
@@ -198,6 +183,13 @@ class PassManager:
             self._run_items(self.plan, graph, ctx, result, step=0)
         finally:
             ctx.current_pass = None
+        if self.verify_result:
+            try:
+                verify_graph(graph, code="QC210", pass_name=result.records[-1].name if result.records else None)
+            except VerificationError as exc:
+                for inst in self.instruments:
+                    inst.on_verification_failure(graph, ctx, exc)
+                raise
         result.seconds = time.perf_counter() - t0
         for inst in self.instruments:
             inst.after_pipeline(graph, ctx, result)
@@ -248,8 +240,18 @@ class PassManager:
                 inst.on_failure(p, node.index, graph, ctx, err)
             raise err from exc
         seconds = time.perf_counter() - t0
-        ctx.facts -= set(type(p).invalidates)
-        ctx.facts |= set(type(p).provides)
+        cls = type(p)
+        missing = [f for f in sorted(cls.provides) if state_type(f) is not None and f not in ctx.state]
+        if missing:
+            err = PassError(f"{where} declares it provides '{missing[0]}' but left no "
+                            f"{state_type(missing[0]).__name__} in ctx.state", pass_name=p.name)  # type: ignore[union-attr]
+            for inst in self.instruments:
+                inst.on_failure(p, node.index, graph, ctx, err)
+            raise err
+        for f in cls.invalidates - cls.provides:
+            ctx.state.drop(f)
+        ctx.facts -= set(cls.invalidates)
+        ctx.facts |= set(cls.provides)
         if self.verify_each:
             try:
                 verify_graph(graph, pass_name=p.name, code="QC210")

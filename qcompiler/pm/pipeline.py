@@ -33,7 +33,7 @@ from typing import Any, Union
 
 from ..diagnostics import OptionError, PipelineSyntaxError, QCompilerError, UnknownPassError, UsageError
 from ..fsutil import read_structured
-from . import registry
+from .registry import NamedPipeline, Registry, default_registry
 from .options import build_options, convert_value, find_spec, format_value, option_specs
 
 REPEAT_DEFAULT_STEPS = 10
@@ -225,7 +225,7 @@ class _Parser:
         return items
 
 
-def _resolve(raw: _Raw, text: str) -> Element:
+def _resolve(raw: _Raw, text: str, reg: Registry) -> Element:
     if raw.name == "repeat":
         steps = REPEAT_DEFAULT_STEPS
         for key, kpos, val, vpos in raw.options:
@@ -241,12 +241,12 @@ def _resolve(raw: _Raw, text: str) -> Element:
         if not raw.body:
             raise PipelineSyntaxError(f"'repeat' needs a body: repeat{{max-steps=N}}(pass,...) at column {raw.pos + 1}"
                                       + caret(text, raw.pos, 6))
-        return RepeatSpec(tuple(_resolve(r, text) for r in raw.body), steps)
+        return RepeatSpec(tuple(_resolve(r, text, reg) for r in raw.body), steps)
     if raw.body is not None:
         raise PipelineSyntaxError(f"only 'repeat' takes a parenthesised body, not '{raw.name}' (column "
                                   f"{raw.body_pos + 1})" + caret(text, raw.body_pos), hint="write repeat{max-steps=N}(...)")
     try:
-        target = registry.lookup(raw.name)
+        target = reg.lookup(raw.name)
     except UnknownPassError as exc:
         raise UnknownPassError(f"unknown pass or pipeline '{raw.name}' at column {raw.pos + 1}"
                                + caret(text, raw.pos, len(raw.name)), hint=exc.diagnostic.hint) from None
@@ -265,12 +265,12 @@ def _resolve(raw: _Raw, text: str) -> Element:
         except OptionError as exc:
             raise OptionError(exc.diagnostic.message + f" at column {vpos + 1}" + caret(text, vpos, len(val)),
                               pass_name=raw.name, hint=exc.diagnostic.hint) from None
-    return make_pass_spec(raw.name, values)
+    return make_pass_spec(raw.name, values, reg)
 
 
-def make_pass_spec(name: str, values: dict[str, Any]) -> PassSpec:
+def make_pass_spec(name: str, values: dict[str, Any], registry: Registry | None = None) -> PassSpec:
     """A PassSpec with typed options in declaration order and defaults dropped (canonical)."""
-    target = registry.lookup(name)
+    target = (registry or default_registry()).lookup(name)
     opts = build_options(target.Options, values, name)  # validates
     ordered = []
     for spec in option_specs(target.Options):
@@ -280,10 +280,11 @@ def make_pass_spec(name: str, values: dict[str, Any]) -> PassSpec:
     return PassSpec(name, tuple(ordered))
 
 
-def parse_pipeline(text: str) -> PipelineSpec:
+def parse_pipeline(text: str, registry: Registry | None = None) -> PipelineSpec:
     """Parse pipeline text into a canonical spec (names and options checked against the registry)."""
+    reg = registry or default_registry()
     raws = _Parser(text).parse()
-    return PipelineSpec(tuple(_resolve(r, text) for r in raws))
+    return PipelineSpec(tuple(_resolve(r, text, reg) for r in raws))
 
 
 def _print_element(el: Element) -> str:
@@ -299,34 +300,37 @@ def print_pipeline(spec: PipelineSpec | list) -> str:
     return ",".join(_print_element(e) for e in elements)
 
 
-def with_all_options(spec: PipelineSpec) -> str:
+def with_all_options(spec: PipelineSpec, registry: Registry | None = None) -> str:
     """Pipeline text with every option spelled out (defaults included)."""
+    reg = registry or default_registry()
+
     def one(el: Element) -> str:
         if isinstance(el, RepeatSpec):
             return f"repeat{{max-steps={el.max_steps}}}(" + ",".join(one(e) for e in el.body) + ")"
-        target = registry.lookup(el.name)
+        target = reg.lookup(el.name)
         opts = build_options(target.Options, el.option_map(), el.name)
         parts = [f"{s.name}={format_value(getattr(opts, s.field))}" for s in option_specs(target.Options)]
         return el.name + ("{" + " ".join(parts) + "}" if parts else "")
     return ",".join(one(e) for e in spec.elements)
 
 
-def expand(spec: PipelineSpec, _depth: int = 0) -> PipelineSpec:
+def expand(spec: PipelineSpec, registry: Registry | None = None, _depth: int = 0) -> PipelineSpec:
     """Replace named pipelines by their passes (recursively)."""
+    reg = registry or default_registry()
     if _depth > 16:
         raise UsageError("named pipelines nest too deeply (a pipeline that includes itself?)", code="QC101")
     out: list[Element] = []
     for el in spec.elements:
         if isinstance(el, RepeatSpec):
-            out.append(RepeatSpec(expand(PipelineSpec(el.body), _depth + 1).elements, el.max_steps))
+            out.append(RepeatSpec(expand(PipelineSpec(el.body), reg, _depth + 1).elements, el.max_steps))
             continue
-        target = registry.lookup(el.name)
-        if isinstance(target, registry.NamedPipeline):
+        target = reg.lookup(el.name)
+        if isinstance(target, NamedPipeline):
             opts = build_options(target.Options, el.option_map(), el.name)
             inner = target.build(opts)
             if isinstance(inner, str):
-                inner = parse_pipeline(inner)
-            out.extend(expand(inner, _depth + 1).elements)
+                inner = parse_pipeline(inner, reg)
+            out.extend(expand(inner, reg, _depth + 1).elements)
         else:
             out.append(el)
     return PipelineSpec(tuple(out))
@@ -358,16 +362,16 @@ def to_yaml(spec: PipelineSpec) -> str:
     return yaml.safe_dump(to_data(spec), sort_keys=False)
 
 
-def _from_items(items: Any, where: str) -> list[Element]:
+def _from_items(items: Any, where: str, reg: Registry) -> list[Element]:
     if isinstance(items, str):
-        return list(parse_pipeline(items).elements)
+        return list(parse_pipeline(items, reg).elements)
     if not isinstance(items, list) or not items:
         raise UsageError(f"{where}: 'pipeline' must be a non-empty list or a pipeline string", code="QC106")
     out: list[Element] = []
     for k, item in enumerate(items):
         here = f"{where}[{k}]"
         if isinstance(item, str):
-            out.extend(parse_pipeline(item).elements)
+            out.extend(parse_pipeline(item, reg).elements)
         elif isinstance(item, dict) and "repeat" in item:
             extra = set(item) - {"repeat", "pipeline", "passes"}
             if extra:
@@ -380,7 +384,7 @@ def _from_items(items: Any, where: str) -> list[Element]:
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
                 raise UsageError(f"{here}: max-steps must be a positive integer, not {steps!r}", code="QC106")
             body = item.get("pipeline", item.get("passes"))
-            out.append(RepeatSpec(tuple(_from_items(body, here + ".pipeline")), steps))
+            out.append(RepeatSpec(tuple(_from_items(body, here + ".pipeline", reg)), steps))
         elif isinstance(item, dict) and "pass" in item:
             extra = set(item) - {"pass", "options"}
             if extra:
@@ -393,7 +397,7 @@ def _from_items(items: Any, where: str) -> list[Element]:
             if not isinstance(name, str):
                 raise UsageError(f"{here}: 'pass' must be a string", code="QC106")
             try:
-                out.append(make_pass_spec(name, opts))
+                out.append(make_pass_spec(name, opts, reg))
             except QCompilerError as exc:
                 raise type(exc)(f"{here}: {exc.diagnostic.message}", code=exc.code, hint=exc.diagnostic.hint,
                                 pass_name=exc.diagnostic.pass_name) from None
@@ -403,15 +407,15 @@ def _from_items(items: Any, where: str) -> list[Element]:
     return out
 
 
-def from_data(data: Any, where: str = "pipeline file") -> PipelineSpec:
+def from_data(data: Any, where: str = "pipeline file", registry: Registry | None = None) -> PipelineSpec:
     if isinstance(data, dict):
         if "pipeline" not in data:
             raise UsageError(f"{where}: expected a top-level 'pipeline' key", code="QC106")
         data = data["pipeline"]
-    return PipelineSpec(tuple(_from_items(data, where)))
+    return PipelineSpec(tuple(_from_items(data, where, registry or default_registry())))
 
 
-def load_pipeline(source: str | PipelineSpec) -> PipelineSpec:
+def load_pipeline(source: str | PipelineSpec, registry: Registry | None = None) -> PipelineSpec:
     """Pipeline from text, or from a .json/.yaml/.yml file path."""
     if isinstance(source, PipelineSpec):
         return source
@@ -423,8 +427,8 @@ def load_pipeline(source: str | PipelineSpec) -> PipelineSpec:
             data = read_structured(p)
         except ValueError as exc:
             raise UsageError(f"cannot parse pipeline file '{source}': {exc}", code="QC106") from None
-        return from_data(data, where=str(p))
-    return parse_pipeline(source)
+        return from_data(data, where=str(p), registry=registry)
+    return parse_pipeline(source, registry)
 
 
 def flatten(spec: PipelineSpec) -> list[PassSpec]:

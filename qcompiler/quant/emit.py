@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
 from ..ir.edit import Namer, constant
-from ..ir.query import const_value
+from ..ir.query import const_value, producer
 from .plan import ActPoint, Plan, WeightPoint
 from .qspec import QSpec, affine_params
 
@@ -219,7 +219,7 @@ class Emitter:
             for cname, idx in pt.edges:
                 nodes[cname].inputs[idx] = out
             self.dq_of[out.name] = q
-            prod = t.inputs[0] if t.inputs else None
+            prod = producer(t)
             if prod is None:
                 self.head.extend(new)
             else:

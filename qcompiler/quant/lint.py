@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import Diagnostic, Severity
 from ..ir import load_model
-from ..ir.io import get_meta, iter_graphs
-from ..ir.query import const_value, is_graph_output
+from ..ir.io import get_meta, iter_graphs, onnx_type_name
+from ..ir.query import const_value, dtype_name, is_graph_output, produced_by, producer
 from .plan import small_layer_reason
 from .targets.tensorrt import COMMUTING, EPILOGUE
 
@@ -38,7 +37,7 @@ def _constant_foldable(t: gs.Tensor, depth: int = 0) -> bool:
     """A constant, or layout ops over a constant (what TensorRT folds before building)."""
     if const_value(t) is not None:
         return True
-    p = t.inputs[0] if t.inputs else None
+    p = producer(t)
     if p is None or p.op not in _LAYOUT_OPS or depth > 8 or not p.inputs:
         return False
     return all(const_value(i) is not None for i in p.inputs[1:]) and _constant_foldable(p.inputs[0], depth + 1)
@@ -59,23 +58,6 @@ class LintResult:
 
     def rules(self, severity: Severity | None = None) -> set[str]:
         return {d.rule for d in self.findings if severity is None or d.severity == severity}
-
-
-def _dtype_name(t: gs.Tensor) -> str | None:
-    if isinstance(t, gs.Constant):
-        v = t._values
-        if hasattr(v, "tensor"):
-            return onnx.helper.tensor_dtype_to_np_dtype(v.tensor.data_type).name if v.tensor.data_type else None
-        return np.asarray(t.values).dtype.name
-    if t.dtype is None:
-        return None
-    try:
-        return np.dtype(t.dtype).name
-    except TypeError:
-        try:
-            return onnx.helper.tensor_dtype_to_np_dtype(int(t.dtype)).name
-        except Exception:
-            return str(t.dtype)
 
 
 class _Linter:
@@ -107,7 +89,7 @@ class _Linter:
         any_fp8 = any_pc = any_block = False
         for n in qs + dqs:
             zp_t = self._zp_dtype(n)
-            if zp_t == "float8_e4m3fn" or (n.op == "DequantizeLinear" and _dtype_name(n.inputs[0]) == "float8_e4m3fn"):
+            if zp_t == "float8_e4m3fn" or (n.op == "DequantizeLinear" and dtype_name(n.inputs[0]) == "float8_e4m3fn"):
                 any_fp8 = True
             s = const_value(n.inputs[1]) if len(n.inputs) > 1 else None
             if s is not None and s.size > 1:
@@ -144,12 +126,9 @@ class _Linter:
 
     def _zp_dtype(self, n: gs.Node) -> str | None:
         if len(n.inputs) > 2 and n.inputs[2].name:
-            return _dtype_name(n.inputs[2])
+            return dtype_name(n.inputs[2])
         if n.op == "QuantizeLinear" and "output_dtype" in n.attrs:
-            try:
-                return onnx.helper.tensor_dtype_to_np_dtype(int(n.attrs["output_dtype"])).name
-            except Exception:
-                return None
+            return onnx_type_name(int(n.attrs["output_dtype"]))
         return None
 
     def check_ops(self) -> None:
@@ -237,8 +216,8 @@ class _Linter:
 
     def check_dq(self, dq: gs.Node) -> None:
         src = dq.inputs[0]
-        t = _dtype_name(src)
-        prod = src.inputs[0] if src.inputs else None
+        t = dtype_name(src)
+        prod = producer(src)
         if t is not None and t not in TRT_TYPES and (prod is None or prod.op != "QuantizeLinear"):
             rule, what = ("L10", "int32 (a quantized bias)") if t == "int32" else ("L3", t)
             self.err(rule, dq.name, f"DequantizeLinear of {what}: TensorRT dequantizes only int8, fp8 (e4m3fn) or int4",
@@ -281,7 +260,7 @@ class _Linter:
     # -- placement ----------------------------------------------------------------------------
     @staticmethod
     def _dq_producer(t: gs.Tensor) -> gs.Node | None:
-        p = t.inputs[0] if t.inputs else None
+        p = producer(t)
         return p if p is not None and p.op == "DequantizeLinear" else None
 
     def check_weighted(self) -> None:
@@ -350,16 +329,16 @@ class _Linter:
         """Every value of ``t`` is computed from constants only (a weight, not an activation)."""
         if const_value(t) is not None:
             return True
-        p = t.inputs[0] if t.inputs else None
+        p = producer(t)
         if p is None or depth > 16:
             return False
         return all(self._const_derived(i, depth + 1) for i in p.inputs if i.name)
 
     def _is_fp8(self, dq: gs.Node) -> bool:
-        return _dtype_name(dq.inputs[0]) == "float8_e4m3fn"
+        return dtype_name(dq.inputs[0]) == "float8_e4m3fn"
 
     def _has_dq_upstream(self, t: gs.Tensor, depth: int = 0) -> bool:
-        p = t.inputs[0] if t.inputs else None
+        p = producer(t)
         if p is None or depth > 8:
             return False
         if p.op == "DequantizeLinear":
@@ -372,7 +351,7 @@ class _Linter:
         A Transpose/Reshape of a constant before the Q, or between the DQ and the layer, is accepted:
         TensorRT constant-folds it at build time (NVIDIA/TensorRT#1604; ModelOpt emits
         DQ(Q(Transpose(W))) for MatMul weights)."""
-        p = w.inputs[0] if w.inputs else None
+        p = producer(w)
         if p is None or const_value(w) is not None:
             return True, False
         if p.op == "Cast":
@@ -384,7 +363,7 @@ class _Linter:
         src = p.inputs[0]
         if const_value(src) is not None:
             return True, False
-        pq = src.inputs[0] if src.inputs else None
+        pq = producer(src)
         if pq is not None and pq.op == "QuantizeLinear" and _constant_foldable(pq.inputs[0]):
             return True, False
         return False, False
@@ -437,13 +416,14 @@ class _Linter:
 
     def _backbone(self, t: gs.Tensor) -> bool:
         for _ in range(16):
-            p = t.inputs[0] if t.inputs else None
+            p = producer(t)
             if p is None:
                 return False
             if p.op in WEIGHTED:
                 return True
-            if p.op == "DequantizeLinear" and p.inputs[0].inputs and p.inputs[0].inputs[0].op == "QuantizeLinear":
-                t = p.inputs[0].inputs[0].inputs[0]  # look through a Q/DQ pair
+            q = produced_by(p.inputs[0], "QuantizeLinear") if p.op == "DequantizeLinear" else None
+            if q is not None:
+                t = q.inputs[0]  # look through a Q/DQ pair
                 continue
             if p.op not in EPILOGUE or (p.op in ("Add", "Mul") and not any(const_value(i) is not None
                                                                            for i in p.inputs)):
@@ -467,12 +447,12 @@ class _Linter:
 
     def check_io(self) -> None:
         for t in list(self.g.inputs) + list(self.g.outputs):
-            name = _dtype_name(t)
+            name = dtype_name(t)
             if name in ("int8", "float8_e4m3fn", "int4"):
                 self.err("L11", None, f"graph {'input' if t in self.g.inputs else 'output'} '{t.name}' is {name}",
                          "keep graph inputs/outputs float (quantize inside the graph)")
         for t in self.g.outputs:
-            p = t.inputs[0] if t.inputs else None
+            p = producer(t)
             if p is not None and p.op in ("QuantizeLinear", "DequantizeLinear"):
                 self.warn("L20", p.name, f"graph output '{t.name}' comes straight from a {p.op}",
                           "do not quantize graph outputs")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import DiagnosticEngine, RecipeError
-from ..ir.query import const_source, const_value, is_graph_output
+from ..ir.query import const_source, const_value, is_graph_output, produced_by, producer
 from .qspec import QSpec
 from .recipe import Recipe
 from .targets import Target, get_target
@@ -131,7 +131,7 @@ def is_epilogue(node: gs.Node, target: Target) -> bool:
         # SiLU: x * Sigmoid(x)
         a, b = node.inputs[0], node.inputs[1]
         for x, y in ((a, b), (b, a)):
-            p = y.inputs[0] if y.inputs else None
+            p = producer(y)
             if p is not None and p.op == "Sigmoid" and p.inputs[0] is x:
                 return True
         return False
@@ -142,7 +142,7 @@ def backbone(t: gs.Tensor, target: Target, weighted: set[str], graph: gs.Graph) 
     """The quantized weighted op that produces ``t`` through epilogue ops only, and the path length."""
     steps = 0
     while True:
-        node = t.inputs[0] if t.inputs else None
+        node = producer(t)
         if node is None:
             return None, steps
         if node.name in weighted:
@@ -152,7 +152,7 @@ def backbone(t: gs.Tensor, target: Target, weighted: set[str], graph: gs.Graph) 
         # follow the non-constant input
         nxt = [i for i in node.inputs if i.name and const_value(i) is None]
         if node.op == "Mul" and len(nxt) == 2:  # SiLU: follow x (the one that is not the Sigmoid)
-            nxt = [i for i in nxt if not (i.inputs and i.inputs[0].op == "Sigmoid")]
+            nxt = [i for i in nxt if produced_by(i, "Sigmoid") is None]
         if len(nxt) != 1 or len(nxt[0].outputs) > (2 if node.op == "Mul" else 1) or is_graph_output(graph, nxt[0]):
             return None, steps
         t = nxt[0]
@@ -165,7 +165,7 @@ def _ancestors(t: gs.Tensor, limit: int = 4000) -> dict[int, int]:
     q = deque([t])
     while q and len(dist) < limit:
         cur = q.popleft()
-        node = cur.inputs[0] if cur.inputs else None
+        node = producer(cur)
         if node is None:
             continue
         for i in node.inputs:

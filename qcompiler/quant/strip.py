@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.edit import Namer, replace_all_uses
-from ..ir.query import const_value
+from ..ir.query import const_value, producer
 from .qspec import dequantize_linear
 
 
@@ -29,7 +29,7 @@ def strip_qdq(graph: gs.Graph) -> dict[str, int]:
         if not dq.outputs:
             continue
         src = dq.inputs[0]
-        prod = src.inputs[0] if src.inputs else None
+        prod = producer(src)
         if prod is not None and prod.op == "QuantizeLinear":
             replace_all_uses(graph, dq.outputs[0], prod.inputs[0])
             dq.inputs.clear()

@@ -124,7 +124,7 @@ def test_calibrate_pass_is_independent_of_batch_size(resnet, digits, method):
         ctx = PassContext(calib_data=as_data_source({"input": data}, batch_size=bs))
         run_pipeline(g, f"fold-bn,calibrate{{method={method}}}", ctx)
         results.append({t: (float(np.min(st.range[0])), float(np.max(st.range[1])))
-                        for t, st in ctx.stats.tensors.items()})
+                        for t, st in ctx.state.require(CalibrationStats).tensors.items()})
     assert all(r == results[0] for r in results[1:])
     assert len(results[0]) >= 6
 
@@ -134,8 +134,9 @@ def test_calibrate_observes_only_planned_tensors(resnet, digits):
     ctx = PassContext(calib_data=as_data_source({"input": digits.calibration_samples(16)}))
     run_pipeline(g, "fold-bn,calibrate", ctx)
     conv_inputs = {n.inputs[0].name for n in g.nodes if n.op == "Conv"}
-    assert set(ctx.stats.tensors) <= conv_inputs | {n.inputs[i].name for n in g.nodes if n.op == "Add" for i in (0, 1)}
-    assert "logits" not in ctx.stats.tensors
+    stats = ctx.state.require(CalibrationStats).tensors
+    assert set(stats) <= conv_inputs | {n.inputs[i].name for n in g.nodes if n.op == "Add" for i in (0, 1)}
+    assert "logits" not in stats
 
 
 def test_cache_hit_and_stale(tmp_path, resnet, digits):
@@ -165,7 +166,7 @@ def test_cache_hit_and_stale(tmp_path, resnet, digits):
     # a different graph (no fold-bn): stale too
     fifth, _ = go(x[:16], pipe="cleanup")
     assert fifth["cached"] == 0
-    assert CalibrationStats.load(cache).samples == 16
+    assert CalibrationStats.load_cache(cache).samples == 16
 
 
 def test_npz_cache_format(tmp_path, resnet, digits):

@@ -11,6 +11,7 @@ from qcompiler.pm import PassContext, run_pipeline
 from qcompiler.testing import assert_outputs_close
 
 from ..builders import G
+from qcompiler.passes.cle import CLEReport
 
 TOL = dict(rtol=1e-4, atol=1e-6)
 
@@ -62,7 +63,7 @@ def test_conv_pair_equalized_and_exact(act):
     w_after = const_value(next(n for n in g.nodes if n.op == "Conv").inputs[1])
     assert _spread(w_after) < _spread(w_before) / 5
     assert_outputs_close(ref, g, **TOL)
-    report = ctx.artifacts["cle"]
+    report = ctx.state.require(CLEReport).layers
     assert report[0]["spread_after"] < report[0]["spread_before"]
     assert not run_pipeline(g, "cle", PassContext()).records[0].modified
 
@@ -169,7 +170,7 @@ def test_mobilenetv2_ranges_shrink(zoo_model, name, factor):
     g = load_model(zoo_model(name))
     ctx = PassContext()
     run_pipeline(g, "fold-bn,cle", ctx)
-    rep = ctx.artifacts["cle"]
+    rep = ctx.state.require(CLEReport).layers
     before = np.median([r["spread_before"] for r in rep])
     after = np.median([r["spread_after"] for r in rep])
     assert after < before / factor

@@ -154,10 +154,12 @@ def test_records_bn_statistics():
     b.output(y)
     g = b.graph()
     _, ctx, _ = _run(g)
-    stats = ctx.artifacts["bn_stats"]
+    from qcompiler.quant.state import BatchNormStats
+
+    stats = ctx.state.require(BatchNormStats).records
     assert len(stats) == 1
     (entry,) = stats.values()
-    assert len(entry["mean"]) == 4 and all(s > 0 for s in entry["std"])
+    assert len(entry.mean) == 4 and all(s > 0 for s in entry.std)
 
 
 @pytest.mark.parametrize("name", ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "decoder",

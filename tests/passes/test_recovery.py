@@ -86,9 +86,11 @@ def test_mixed_precision_reaches_target(zoo, digits, tmp_path, w4):
     diags = DiagnosticEngine()
     res = compile_model(str(src), str(mp), f"trt-int8{{target-sqnr={target}}}", config=w4, calib_data=calib,
                         diagnostics=diags)
-    info = res.context.artifacts["mixed_precision"]
-    assert 1 <= len(info["float_layers"]) <= 8 and info["sqnr"] >= target
-    assert all(any(name in d.message for d in diags) for name in info["float_layers"])
+    from qcompiler.passes.mixed_precision import MixedPrecisionReport
+
+    info = res.context.state.require(MixedPrecisionReport)
+    assert 1 <= len(info.float_layers) <= 8 and info.sqnr >= target
+    assert all(any(name in d.message for d in diags) for name in info.float_layers)
     assert _sqnr(digits, src, load_model(mp)) > base + 1.5
     assert lint_model(mp).n_errors == 0
 

@@ -10,8 +10,8 @@ import pytest
 
 from qcompiler.diagnostics import FactOrderError, PassError, VerificationError
 from qcompiler.ir import load_model
-from qcompiler.pm import (DumpIR, Pass, PassContext, PassManager, PassResult, Reproducer, Timing, option,
-                          register_pass)
+from qcompiler.pm import (DumpIR, Pass, PassContext, PassManager, PassResult, Registry, Reproducer, Timing,
+                          default_registry, option)
 
 from ..conftest import graph_from_text
 
@@ -25,7 +25,11 @@ def _graph():
         }""")
 
 
-@register_pass
+#: the test passes live in their own registry (the built-ins plus these), never in the default one
+REG = Registry(default_registry())
+
+
+@REG.register_pass
 class _Provide(Pass):
     """test: provides t-fact"""
     name = "t-provide"
@@ -35,7 +39,7 @@ class _Provide(Pass):
         return PassResult(False)
 
 
-@register_pass
+@REG.register_pass
 class _Need(Pass):
     """test: requires t-fact"""
     name = "t-need"
@@ -45,7 +49,7 @@ class _Need(Pass):
         return PassResult(False)
 
 
-@register_pass
+@REG.register_pass
 class _Kill(Pass):
     """test: invalidates t-fact"""
     name = "t-kill"
@@ -55,7 +59,7 @@ class _Kill(Pass):
         return PassResult(False)
 
 
-@register_pass
+@REG.register_pass
 class _GrowTo(Pass):
     """test: appends Identity nodes on the output until there are `count` of them"""
     name = "t-grow"
@@ -75,7 +79,7 @@ class _GrowTo(Pass):
         return PassResult(True, {"added": 1})
 
 
-@register_pass
+@REG.register_pass
 class _Break(Pass):
     """test: leaves a dangling input"""
     name = "t-break"
@@ -86,7 +90,7 @@ class _Break(Pass):
         return PassResult(True)
 
 
-@register_pass
+@REG.register_pass
 class _Liar(Pass):
     """test: changes the graph but says it did not"""
     name = "t-liar"
@@ -96,7 +100,7 @@ class _Liar(Pass):
         return PassResult(False)
 
 
-@register_pass
+@REG.register_pass
 class _Crash(Pass):
     """test: raises"""
     name = "t-crash"
@@ -106,12 +110,12 @@ class _Crash(Pass):
 
 
 def test_facts_in_order_pass():
-    PassManager("t-provide,t-need").check_facts(set())
+    PassManager("t-provide,t-need", registry=REG).check_facts(set())
 
 
 def test_missing_fact_fails_before_running():
     with pytest.raises(FactOrderError) as info:
-        PassManager("t-grow,t-need").run(_graph())
+        PassManager("t-grow,t-need", registry=REG).run(_graph())
     msg = str(info.value)
     assert "'t-need' (#2) requires 't-fact'" in msg
     assert "add 't-provide' before 't-need'" in msg
@@ -121,7 +125,7 @@ def test_missing_fact_fails_before_running():
 def test_invalidated_fact_names_both_passes():
     g = _graph()
     with pytest.raises(FactOrderError) as info:
-        PassManager("t-provide,t-kill,t-need").run(g)
+        PassManager("t-provide,t-kill,t-need", registry=REG).run(g)
     msg = str(info.value)
     assert "'t-kill' (#2) invalidates it after 't-provide' (#1) provided it" in msg
     assert "move 't-provide' (#1) after 't-kill' (#2)" in msg
@@ -131,13 +135,13 @@ def test_invalidated_fact_names_both_passes():
 
 def test_fact_killed_inside_repeat_is_seen_on_the_second_iteration():
     with pytest.raises(FactOrderError):
-        PassManager("t-provide,repeat{max-steps=2}(t-need,t-kill)").check_facts(set())
-    PassManager("repeat{max-steps=2}(t-provide,t-need,t-kill)").check_facts(set())
+        PassManager("t-provide,repeat{max-steps=2}(t-need,t-kill)", registry=REG).check_facts(set())
+    PassManager("repeat{max-steps=2}(t-provide,t-need,t-kill)", registry=REG).check_facts(set())
 
 
 def test_repeat_runs_until_no_change():
     g = _graph()
-    res = PassManager("repeat{max-steps=10}(t-grow{count=3})").run(g)
+    res = PassManager("repeat{max-steps=10}(t-grow{count=3})", registry=REG).run(g)
     assert sum(1 for n in g.nodes if n.op == "Identity") == 3
     assert [r.modified for r in res.records] == [True, True, True, False]
     assert [r.step for r in res.records] == [1, 2, 3, 4]
@@ -146,14 +150,14 @@ def test_repeat_runs_until_no_change():
 def test_repeat_stops_at_max_steps_with_remark():
     g = _graph()
     ctx = PassContext()
-    PassManager("repeat{max-steps=2}(t-grow{count=5})").run(g, ctx)
+    PassManager("repeat{max-steps=2}(t-grow{count=5})", registry=REG).run(g, ctx)
     assert sum(1 for n in g.nodes if n.op == "Identity") == 2
     assert any("max-steps=2" in d.message for d in ctx.diagnostics)
 
 
 def test_verify_each_names_the_breaking_pass():
     with pytest.raises(VerificationError) as info:
-        PassManager("t-grow{count=1},t-break", verify_each=True).run(_graph())
+        PassManager("t-grow{count=1},t-break", verify_each=True, registry=REG).run(_graph())
     d = info.value.diagnostic
     assert d.pass_name == "t-break"
     assert d.code == "QC210"
@@ -162,14 +166,14 @@ def test_verify_each_names_the_breaking_pass():
 
 def test_check_modified_catches_a_lying_pass():
     with pytest.raises(PassError) as info:
-        PassManager("t-liar", verify_each=True).run(_graph())
+        PassManager("t-liar", verify_each=True, registry=REG).run(_graph())
     assert info.value.code == "QC211"
     assert "reported modified=False but the graph changed" in str(info.value)
 
 
 def test_crash_is_wrapped_with_position_and_history():
     with pytest.raises(PassError) as info:
-        PassManager("t-grow{count=1},t-provide,t-crash").run(_graph())
+        PassManager("t-grow{count=1},t-provide,t-crash", registry=REG).run(_graph())
     msg = str(info.value)
     assert "pass 't-crash' (#3 of 3, after t-grow, t-provide) failed: RuntimeError: boom" in msg
     assert info.value.diagnostic.extra["position"] == 3
@@ -181,7 +185,7 @@ def test_instruments_dump_time_and_reproduce(tmp_path, capsys):
     dump = DumpIR(tmp_path / "dump")
     repro = Reproducer(tmp_path / "repro")
     with pytest.raises(PassError):
-        PassManager("t-grow{count=1},t-crash", instruments=[timing, dump, repro]).run(g)
+        PassManager("t-grow{count=1},t-crash", instruments=[timing, dump, repro], registry=REG).run(g)
     files = sorted(p.name for p in (tmp_path / "dump").iterdir())
     assert files == ["00-input.onnx", "00-input.txt", "01-t-grow.onnx", "01-t-grow.txt"]
     assert "grow_node_0" in (tmp_path / "dump" / "01-t-grow.txt").read_text()
@@ -198,20 +202,20 @@ def test_timing_prints_every_pass(capsys):
     import io
 
     buf = io.StringIO()
-    PassManager("t-grow{count=2},t-provide", instruments=[Timing(buf)]).run(_graph())
+    PassManager("t-grow{count=2},t-provide", instruments=[Timing(buf)], registry=REG).run(_graph())
     out = buf.getvalue()
     assert "t-grow{count=2}" in out and "t-provide" in out and "total" in out
 
 
 def test_records_and_counters():
-    res = PassManager("t-grow{count=1},t-grow{count=1}").run(_graph())
+    res = PassManager("t-grow{count=1},t-grow{count=1}", registry=REG).run(_graph())
     assert [(r.index, r.modified, r.stats) for r in res.records] == [(1, True, {"added": 1}), (2, False, {})]
     assert "changed" in res.summary()
 
 
 def test_pass_instances_can_be_given_directly():
     g = _graph()
-    res = PassManager([_GrowTo(count=2), _GrowTo(count=2)]).run(g)
+    res = PassManager([_GrowTo(count=2), _GrowTo(count=2)], registry=REG).run(g)
     assert [r.modified for r in res.records] == [True, True]
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompiler.diagnostics import PipelineSyntaxError, UnknownPassError, UsageError
-from qcompiler.pm import (PipelineSpec, RepeatSpec, all_passes, expand, from_data, load_pipeline,
+from qcompiler.pm import (PipelineSpec, RepeatSpec, default_registry, expand, from_data, load_pipeline,
                           parse_pipeline, print_pipeline, to_data, to_json, to_yaml)
 from qcompiler.pm.options import option_specs
 
@@ -146,7 +146,7 @@ def _value_strategy(spec):
 
 @st.composite
 def pass_specs(draw):
-    passes = all_passes()
+    passes = default_registry().passes()
     name = draw(st.sampled_from(sorted(passes)))
     cls = passes[name]
     values = {}

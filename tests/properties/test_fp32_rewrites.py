@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qcompiler.ir import copy_graph
-from qcompiler.pm import PassContext, all_passes, run_pipeline
+from qcompiler.pm import PassContext, default_registry, run_pipeline
 from qcompiler.testing import assert_outputs_close, random_feeds
 
 from ..builders import G
 
-FP32_PASSES = sorted(n for n, c in all_passes().items() if c.fp32_preserving and not n.startswith("t-"))
+FP32_PASSES = sorted(n for n, c in default_registry().passes().items() if c.fp32_preserving)
 
 
 @st.composite

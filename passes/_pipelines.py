@@ -1,4 +1,5 @@
-"""Named pipelines: ``tidy``, ``fp32-prep``, ``trt-int8``, ``trt-fp8``, ``ort-int8``.
+"""Named pipelines: ``tidy``, ``fp32-prep``, ``trt-int8``, ``trt-fp8``, ``ort-int8`` (registered with the built-in
+passes by :func:`qcompiler.passes.register`).
 
 Each is a function of its options returning pipeline text; they are elements of the pipeline
 grammar like passes (``trt-int8{calib=entropy}``) and expand when run
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .calib.observers import METHODS
-from .pm.options import format_value, option
-from .pm.registry import NamedPipeline, register_pipeline
+from qcompiler.calib.observers import METHODS
+from qcompiler.pm.options import format_value, option
+from qcompiler.pm.registry import NamedPipeline
 
 
 @dataclass(frozen=True)
@@ -55,26 +56,24 @@ def _quant(target: str, precision: str):
     return build
 
 
-register_pipeline(NamedPipeline(
-    "tidy", "dead code, Identity, constant folding until nothing changes",
-    lambda o: "cleanup,repeat{max-steps=4}(fold-constants,cleanup)", _NoOpts))
-
-register_pipeline(NamedPipeline(
-    "fp32-prep", "all FP32-preserving rewrites: fold-bn, merge-conv1x1, fold-residual, cle, cleanup",
-    lambda o: "fold-bn,merge-conv1x1,fold-residual,cle,cleanup", _NoOpts))
-
-register_pipeline(NamedPipeline(
-    "trt-int8", "TensorRT int8: fold-bn, merge-conv1x1, calibrate, insert-qdq (symmetric, per-channel weights)",
-    _quant("tensorrt", "int8"), QuantOptions,
-    doc="Q/DQ placed for TensorRT's int8 fusions (docs/tensorrt.md); opset >= 13; output passes lint-trt."))
-
-register_pipeline(NamedPipeline(
-    "trt-fp8", "TensorRT fp8 (E4M3): fold-bn, merge-conv1x1, calibrate, insert-qdq at opset 19",
-    _quant("tensorrt", "fp8"), QuantOptions,
-    doc="FP8 Q/DQ (opset 19, float8e4m3fn zero points, saturate=1); needs an Ada/Hopper GPU to build."))
-
-register_pipeline(NamedPipeline(
-    "ort-int8", "onnxruntime CPU int8: Q/DQ on op inputs and outputs so onnxruntime picks integer kernels",
-    _quant("onnxruntime", "int8"), QuantOptions,
-    doc="u8 affine activations, s8 per-channel weights, int32 biases (onnxruntime's QLinearConv/QGemm path)."))
-
+#: the named pipelines, registered by qcompiler.passes.register
+PIPELINES = [
+    NamedPipeline(
+        "tidy", "dead code, Identity, constant folding until nothing changes",
+        lambda o: "cleanup,repeat{max-steps=4}(fold-constants,cleanup)", _NoOpts),
+    NamedPipeline(
+        "fp32-prep", "all FP32-preserving rewrites: fold-bn, merge-conv1x1, fold-residual, cle, cleanup",
+        lambda o: "fold-bn,merge-conv1x1,fold-residual,cle,cleanup", _NoOpts),
+    NamedPipeline(
+        "trt-int8", "TensorRT int8: fold-bn, merge-conv1x1, calibrate, insert-qdq (symmetric, per-channel weights)",
+        _quant("tensorrt", "int8"), QuantOptions,
+        doc="Q/DQ placed for TensorRT's int8 fusions (docs/tensorrt.md); opset >= 13; output passes lint-trt."),
+    NamedPipeline(
+        "trt-fp8", "TensorRT fp8 (E4M3): fold-bn, merge-conv1x1, calibrate, insert-qdq at opset 19",
+        _quant("tensorrt", "fp8"), QuantOptions,
+        doc="FP8 Q/DQ (opset 19, float8e4m3fn zero points, saturate=1); needs an Ada/Hopper GPU to build."),
+    NamedPipeline(
+        "ort-int8", "onnxruntime CPU int8: Q/DQ on op inputs and outputs so onnxruntime picks integer kernels",
+        _quant("onnxruntime", "int8"), QuantOptions,
+        doc="u8 affine activations, s8 per-channel weights, int32 biases (onnxruntime's QLinearConv/QGemm path)."),
+]
