@@ -1,6 +1,8 @@
-"""Weighted layers seen per channel: the shared math of fold-bn, cle, absorb-bias and bias-correct.
+"""Weighted layers seen per channel: the shared math of fold-bn, cle, absorb-bias, smooth-quant and
+bias-correct.
 
-Which weight entries belong to an output channel ``o`` or an input channel ``i``:
+Which axis is which comes from the layer's typed description (:class:`qcompiler.ir.layers.LayerGeometry`;
+the table is there).  Which weight entries belong to an output channel ``o`` or an input channel ``i``:
 
 ====================  =====================  ===========================================  ==========================
 op                    weight layout          output channel o                             input channel i
@@ -24,21 +26,24 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.query import attr, const_source, const_value, is_graph_output, producer, subgraph_referenced_names
+from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
+from qcompiler.ir.query import (attr, const_source, const_value, is_graph_output, produced_by,
+                                subgraph_referenced_names)
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+__all__ = ["WEIGHTED_OPS", "LayerKind", "Layer", "NotALayer", "weight_exclusive", "input_response"]
 
 
 def weight_exclusive(graph: gs.Graph, node: gs.Node, index: int, protected: set[str] | None = None) -> bool:
-    """The weight input is a constant initializer (possibly behind Identity nodes) read only by ``node``."""
+    """The weight input is a constant (an initializer or a Constant node's output, possibly behind Identity
+    nodes) read only by ``node``."""
     t = node.inputs[index]
     chain = []
     while True:
         chain.append(t)
         if isinstance(t, gs.Constant):
             break
-        prod = producer(t)
-        if prod is None or prod.op != "Identity":
+        prod = produced_by(t, "Identity")
+        if prod is None:
             return False
         t = prod.inputs[0]
     protected = protected if protected is not None else subgraph_referenced_names(graph)
@@ -59,70 +64,89 @@ def _absmax_last(a: np.ndarray) -> np.ndarray:
     return m.astype(np.float64)
 
 
+class NotALayer(Exception):
+    """A node that cannot be seen as a weighted layer with constant float weights; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Layer:
     node: gs.Node
-    kind: str  # conv | convtranspose | gemm | matmul
+    geometry: LayerGeometry
     W: np.ndarray
     b: np.ndarray | None  # always shaped [Cout] when present (Gemm C normalised)
-    group: int = 1
-    trans_b: bool = False
     gemm_beta: float = 1.0
     bias_node: gs.Node | None = None  # MatMul followed by Add(const): the Add carries the bias
     bias_index: int = -1  # input index of the bias constant in bias_node
 
+    @property
+    def kind(self) -> LayerKind:
+        return self.geometry.kind
+
+    @property
+    def group(self) -> int:
+        return self.geometry.group
+
+    @property
+    def trans_b(self) -> bool:
+        return self.geometry.trans_b
+
     # -- construction ----------------------------------------------------------------------
     @staticmethod
-    def of(node: gs.Node, *, with_matmul_bias: bool = False, graph: gs.Graph | None = None) -> "Layer | str":
-        """A Layer view of ``node``, or the reason why it cannot be seen as one."""
-        if node.op not in WEIGHTED_OPS:
-            return f"{node.op} is not a weighted op"
+    def of(node: gs.Node, *, with_matmul_bias: bool = False, graph: gs.Graph | None = None) -> "Layer":
+        """A Layer view of ``node``; raises :class:`NotALayer` with the reason when it cannot be one."""
+        kind = LayerKind.of(node.op)
+        if kind is None:
+            raise NotALayer(f"{node.op} is not a weighted op")
         if len(node.inputs) < 2:
-            return "no weight input"
+            raise NotALayer("no weight input")
         W = const_value(node.inputs[1])
         if W is None:
-            return f"weight '{node.inputs[1].name}' is not a constant"
+            raise NotALayer(f"weight '{node.inputs[1].name}' is not a constant")
         if W.dtype != np.float32 and W.dtype != np.float64 and W.dtype != np.float16:
-            return f"weight '{node.inputs[1].name}' has dtype {W.dtype}, not float"
+            raise NotALayer(f"weight '{node.inputs[1].name}' has dtype {W.dtype}, not float")
         b = None
-        if node.op in ("Conv", "ConvTranspose"):
+        if kind.is_conv:
             if W.ndim < 3:
-                return "weight rank < 3"
-            if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-                pass  # channel math does not depend on padding
-            g = int(attr(node, "group", 1))
+                raise NotALayer("weight rank < 3")
+            geo = LayerGeometry.of(node, W.shape)
+            assert geo is not None
             if len(node.inputs) > 2 and node.inputs[2].name:
                 b = const_value(node.inputs[2])
                 if b is None:
-                    return f"bias '{node.inputs[2].name}' is not a constant"
-            kind = "conv" if node.op == "Conv" else "convtranspose"
-            layer = Layer(node, kind, W, None if b is None else b.astype(W.dtype).reshape(-1), group=g)
-            if kind == "conv" and W.shape[0] % g:
-                return "output channels not divisible by group"
-            return layer
-        if node.op == "Gemm":
+                    raise NotALayer(f"bias '{node.inputs[2].name}' is not a constant")
+            if kind is LayerKind.CONV and W.shape[0] % geo.group:
+                raise NotALayer("output channels not divisible by group")
+            return Layer(node, geo, W, None if b is None else b.astype(W.dtype).reshape(-1))
+        if kind is LayerKind.GEMM:
             if W.ndim != 2:
-                return "Gemm weight is not 2-D"
+                raise NotALayer("Gemm weight is not 2-D")
             if int(attr(node, "transA", 0)):
-                return "Gemm with transA=1 (channels are not on the last axis)"
-            tb = bool(int(attr(node, "transB", 0)))
-            n = W.shape[0] if tb else W.shape[1]
+                raise NotALayer("Gemm with transA=1 (channels are not on the last axis)")
+            geo = LayerGeometry.of(node, W.shape)
+            assert geo is not None
+            n = geo.out_channels
             beta = float(attr(node, "beta", 1.0))
             if len(node.inputs) > 2 and node.inputs[2].name:
                 c = const_value(node.inputs[2])
                 if c is None:
-                    return f"Gemm C '{node.inputs[2].name}' is not a constant"
+                    raise NotALayer(f"Gemm C '{node.inputs[2].name}' is not a constant")
                 if c.size == 1:
                     b = np.full(n, float(c.reshape(-1)[0]) * beta, dtype=W.dtype)
                 elif c.shape[-1] == n and c.size == n:
                     b = (c.reshape(-1) * beta).astype(W.dtype)
                 else:
-                    return f"Gemm C of shape {list(c.shape)} is not per-output-channel"
-            return Layer(node, "gemm", W, b, trans_b=tb, gemm_beta=beta)
+                    raise NotALayer(f"Gemm C of shape {list(c.shape)} is not per-output-channel")
+            return Layer(node, geo, W, b, gemm_beta=beta)
         # MatMul: constant 2-D right operand
         if W.ndim != 2:
-            return "MatMul weight is not a constant 2-D matrix"
-        layer = Layer(node, "matmul", W, None)
+            raise NotALayer("MatMul weight is not a constant 2-D matrix")
+        geo = LayerGeometry.of(node, W.shape)
+        assert geo is not None
+        layer = Layer(node, geo, W, None)
         if with_matmul_bias and graph is not None:
             out = node.outputs[0]
             if len(out.outputs) == 1 and not is_graph_output(graph, out) and out.outputs[0].op == "Add":
@@ -134,52 +158,49 @@ class Layer:
                     layer.bias_node, layer.bias_index = add, other
         return layer
 
+    @staticmethod
+    def refusal(node: gs.Node) -> str | None:
+        """Why ``node`` cannot be seen as a Layer (None when it can)."""
+        try:
+            Layer.of(node)
+        except NotALayer as exc:
+            return exc.reason
+        return None
+
     # -- channel geometry ------------------------------------------------------------------
     @property
     def out_channels(self) -> int:
-        if self.kind == "conv":
-            return self.W.shape[0]
-        if self.kind == "convtranspose":
-            return self.W.shape[1] * self.group
-        if self.kind == "gemm" and self.trans_b:
-            return self.W.shape[0]
-        return self.W.shape[1]
+        return self.geometry.out_channels
 
     @property
     def in_channels(self) -> int:
-        if self.kind == "conv":
-            return self.W.shape[1] * self.group
-        if self.kind == "convtranspose":
-            return self.W.shape[0]
-        if self.kind == "gemm" and self.trans_b:
-            return self.W.shape[1]
-        return self.W.shape[0]
+        return self.geometry.in_channels
 
     def _out_major(self, W: np.ndarray) -> np.ndarray:
         """W rearranged as [Cout, everything feeding that output channel]."""
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             return W.reshape(W.shape[0], -1)
-        if self.kind == "convtranspose":
+        if self.kind is LayerKind.CONV_TRANSPOSE:
             g = self.group
             cin, cout_g = W.shape[0], W.shape[1]
             k = int(np.prod(W.shape[2:]))
             # [g, cin_g, cout_g, k] -> [g, cout_g, cin_g, k] -> [Cout, cin_g*k]
             return W.reshape(g, cin // g, cout_g, k).transpose(0, 2, 1, 3).reshape(g * cout_g, -1)
-        if self.kind == "gemm" and self.trans_b:
+        if self.trans_b:
             return W
         return W.T
 
     def _in_major(self, W: np.ndarray) -> np.ndarray:
         """W rearranged as [Cin, everything reading that input channel]."""
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             g = self.group
             cout, cin_g = W.shape[0], W.shape[1]
             k = int(np.prod(W.shape[2:]))
             # [g, cout_g, cin_g, k] -> [g, cin_g, cout_g, k] -> [Cin, cout_g*k]
             return W.reshape(g, cout // g, cin_g, k).transpose(0, 2, 1, 3).reshape(g * cin_g, -1)
-        if self.kind == "convtranspose":
+        if self.kind is LayerKind.CONV_TRANSPOSE:
             return W.reshape(W.shape[0], -1)
-        if self.kind == "gemm" and self.trans_b:
+        if self.trans_b:
             return W.T
         return W
 
@@ -192,9 +213,9 @@ class Layer:
     def out_shape_for_broadcast(self) -> tuple[int, ...]:
         """How a per-output-channel vector broadcasts against W."""
         nd = self.W.ndim
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             return (-1,) + (1,) * (nd - 1)
-        if self.kind == "gemm" and self.trans_b:
+        if self.trans_b:
             return (-1, 1)
         return (1, -1)
 
@@ -202,7 +223,7 @@ class Layer:
         """M[o, i] = max over kernel taps of |W| between output channel o and input channel i (dense:
         zero outside the group), in float64.  CLE sweeps on M instead of the weights."""
         W = self.W
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             g, cout, cin_g = self.group, W.shape[0], W.shape[1]
             m = _absmax_last(W.reshape(cout, cin_g, -1))
             if g == 1:
@@ -212,7 +233,7 @@ class Layer:
             for k in range(g):
                 out[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] = m[k * cout_g:(k + 1) * cout_g]
             return out
-        if self.kind == "convtranspose":
+        if self.kind is LayerKind.CONV_TRANSPOSE:
             g, cin, cout_g = self.group, W.shape[0], W.shape[1]
             m = _absmax_last(W.reshape(cin, cout_g, -1))  # [Cin, cout_g]
             out = np.zeros((cout_g * g, cin))
@@ -220,7 +241,7 @@ class Layer:
             for k in range(g):
                 out[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] = m[k * cin_g:(k + 1) * cin_g].T
             return out
-        if self.kind == "gemm" and self.trans_b:
+        if self.trans_b:
             return np.abs(W).astype(np.float64)
         return np.abs(W).T.astype(np.float64)
 
@@ -231,7 +252,7 @@ class Layer:
     def scale_out(self, s: np.ndarray) -> None:
         """Multiply output channel o by s[o] (weights and bias)."""
         s = np.asarray(s, dtype=np.float64)
-        if self.kind == "convtranspose":
+        if self.kind is LayerKind.CONV_TRANSPOSE:
             g = self.group
             cin, cout_g = self.W.shape[0], self.W.shape[1]
             rest = self.W.shape[2:]
@@ -244,7 +265,7 @@ class Layer:
 
     def scale_both(self, out_s: np.ndarray, in_s: np.ndarray) -> None:
         """scale_out(out_s) and scale_in(in_s) in one pass over the weights (Conv), else two."""
-        if self.kind != "conv":
+        if self.kind is not LayerKind.CONV:
             self.scale_out(out_s)
             self.scale_in(in_s)
             return
@@ -259,14 +280,14 @@ class Layer:
         """Multiply the weights reading input channel i by s[i]."""
         s = np.asarray(s, dtype=np.float64)
         W = self.W
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             g = self.group
             cout, cin_g = W.shape[0], W.shape[1]
             rest = W.shape[2:]
             W = (W.reshape((g, cout // g, cin_g) + rest) * self._vec(s, (g, 1, cin_g) + (1,) * len(rest))).reshape(W.shape)
-        elif self.kind == "convtranspose":
+        elif self.kind is LayerKind.CONV_TRANSPOSE:
             W = W * self._vec(s, (-1,) + (1,) * (W.ndim - 1))
-        elif self.kind == "gemm" and self.trans_b:
+        elif self.trans_b:
             W = W * self._vec(s, (1, -1))
         else:
             W = W * self._vec(s, (-1, 1))
@@ -285,13 +306,13 @@ class Layer:
                                      np.ascontiguousarray(self.W))
         if not bias or self.b is None:
             return
-        if self.kind in ("conv", "convtranspose"):
+        if self.kind.is_conv:
             c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
             if len(node.inputs) > 2:
                 node.inputs[2] = c
             else:
                 node.inputs.append(c)
-        elif self.kind == "gemm":
+        elif self.kind is LayerKind.GEMM:
             node.attrs["beta"] = 1.0
             c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
             if len(node.inputs) > 2:
@@ -312,6 +333,24 @@ class Layer:
                 add = gs.Node("Add", names(node.name + "_bias_add"), inputs=[new_out, c], outputs=[out])
                 graph.nodes.insert(graph.nodes.index(node) + 1, add)
                 self.bias_node, self.bias_index = add, 1
+
+
+def input_response(node: gs.Node, geometry: LayerGeometry, W: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Change of the layer's output, per output channel, when every element of input channel i grows by
+    ``c[i]``: ``sum over i and kernel taps of W[o, i, taps] * c[i]`` (Gemm: times ``alpha``).  absorb-bias moves
+    a bias through a layer with it; data-free bias correction evaluates it on the weight error."""
+    W = W.astype(np.float64)
+    if geometry.kind is LayerKind.CONV:
+        g = geometry.group
+        cout, cin_g = W.shape[0], W.shape[1]
+        wsum = W.reshape(cout, cin_g, -1).sum(axis=2).reshape(g, cout // g, cin_g)
+        return np.einsum("gok,gk->go", wsum, c.reshape(g, cin_g)).reshape(cout)
+    if geometry.kind is LayerKind.GEMM:
+        alpha = float(attr(node, "alpha", 1.0))
+        return alpha * (W @ c if geometry.trans_b else c @ W)
+    if geometry.kind is LayerKind.MATMUL:
+        return c @ W
+    raise NotALayer(f"{node.op}: the response to a per-channel input shift is not implemented")
 
 
 def int8_per_tensor_sqnr(W: np.ndarray) -> float:

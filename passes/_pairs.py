@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.query import attr, const_value, is_graph_output, rank, subgraph_referenced_names
 
-from ._layers import WEIGHTED_OPS, Layer
+from ._layers import WEIGHTED_OPS, Layer, LayerKind, NotALayer
 
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "Identity", "Dropout"}
 RESCALABLE = {"Min", "Max"}
@@ -97,8 +97,9 @@ def find_pairs(graph: gs.Graph, *, clip: str = "rescale", for_bias: bool = False
     for node in graph.nodes:
         if node.op not in WEIGHTED_OPS:
             continue
-        layer = Layer.of(node, with_matmul_bias=True, graph=graph)
-        if isinstance(layer, str):
+        try:
+            layer = Layer.of(node, with_matmul_bias=True, graph=graph)
+        except NotALayer:
             continue
         t = layer.bias_node.outputs[0] if layer.bias_node is not None else node.outputs[0]
         ops: list[gs.Node] = []
@@ -113,18 +114,20 @@ def find_pairs(graph: gs.Graph, *, clip: str = "rescale", for_bias: bool = False
                 break
             n = t.outputs[0]
             if n.op in WEIGHTED_OPS and n.inputs and n.inputs[0] is t:
-                l2 = Layer.of(n, with_matmul_bias=True, graph=graph)
-                if isinstance(l2, str):
-                    reason = f"next layer {n.name}: {l2}"
-                elif l2.in_channels != layer.out_channels:
+                try:
+                    l2 = Layer.of(n, with_matmul_bias=True, graph=graph)
+                except NotALayer as exc:
+                    reason = f"next layer {n.name}: {exc.reason}"
+                    break
+                if l2.in_channels != layer.out_channels:
                     reason = f"{n.name} reads {l2.in_channels} channels, {node.name} writes {layer.out_channels}"
-                elif (layer.kind in ("gemm", "matmul")) != (l2.kind in ("gemm", "matmul")):
+                elif layer.kind.is_dense != l2.kind.is_dense:
                     reason = f"{node.name} and {n.name} put channels on different axes"
-                elif l2.kind == "convtranspose" and for_bias:
+                elif l2.kind is LayerKind.CONV_TRANSPOSE and for_bias:
                     reason = f"{n.name} is a ConvTranspose"
                 else:
                     r = rank(t)
-                    default_rank = 2 if layer.kind in ("gemm", "matmul") else layer.W.ndim
+                    default_rank = 2 if layer.kind.is_dense else layer.W.ndim
                     pairs.append(Pair(node, n, ops, r if r is not None else default_rank))
                 break
             if n.op in HOMOGENEOUS and n.inputs and n.inputs[0] is t and n.outputs:
@@ -139,8 +142,8 @@ def find_pairs(graph: gs.Graph, *, clip: str = "rescale", for_bias: bool = False
                 continue
             if n.op in RESCALABLE and not for_bias and len(n.inputs) == 2 and any(i is t for i in n.inputs):
                 r_t = rank(t)
-                r_t = r_t if r_t is not None else (2 if layer.kind in ("gemm", "matmul") else layer.W.ndim)
-                if per_channel_operand(n, layer.out_channels, r_t, layer.kind in ("gemm", "matmul")) is None:
+                r_t = r_t if r_t is not None else (2 if layer.kind.is_dense else layer.W.ndim)
+                if per_channel_operand(n, layer.out_channels, r_t, layer.kind.is_dense) is None:
                     reason = f"{n.name} ({n.op}) has an operand that is not a per-channel constant"
                     break
                 ops.append(n)

@@ -33,22 +33,8 @@ from qcompiler.ir.edit import Namer
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.state import BatchNormStats
 
-from ._layers import Layer, conv_geometry
+from ._layers import Layer, LayerKind, conv_geometry, input_response
 from ._pairs import find_pairs
-
-
-def bias_delta(layer: Layer, c: np.ndarray) -> np.ndarray:
-    """Change of L2's output (per output channel) when every element of input channel i grows by c_i."""
-    W = layer.W.astype(np.float64)
-    if layer.kind == "conv":
-        g = layer.group
-        cout, cin_g = W.shape[0], W.shape[1]
-        wsum = W.reshape(cout, cin_g, -1).sum(axis=2).reshape(g, cout // g, cin_g)
-        return np.einsum("gok,gk->go", wsum, c.reshape(g, cin_g)).reshape(cout)
-    if layer.kind == "gemm":
-        alpha = float(layer.node.attrs.get("alpha", 1.0))
-        return alpha * (W @ c if layer.trans_b else c @ W)
-    return c @ W  # matmul
 
 
 class AbsorbBias(Pass):
@@ -80,14 +66,14 @@ class AbsorbBias(Pass):
         for p in pairs:
             l1 = layers.setdefault(id(p.l1), Layer.of(p.l1, with_matmul_bias=True, graph=graph))
             l2 = layers.setdefault(id(p.l2), Layer.of(p.l2, with_matmul_bias=True, graph=graph))
-            if l2.kind == "conv":
+            if l2.kind is LayerKind.CONV:
                 geo = conv_geometry(p.l2, l2.W)
                 if not geo.no_padding and not self.options.allow_border_error:
                     ctx.remark("QC302", f"absorb-bias skipped {p.l1.name} -> {p.l2.name}: {p.l2.name} pads with zeros "
                                         "(allow-border-error=true absorbs anyway, inexactly at the border)",
                                node=p.l2.name)
                     continue
-            if l2.kind == "convtranspose":
+            if l2.kind is LayerKind.CONV_TRANSPOSE:
                 continue
             candidates.append(p)
         if not candidates:
@@ -106,7 +92,7 @@ class AbsorbBias(Pass):
                 continue
             l1, l2 = layers[id(p.l1)], layers[id(p.l2)]
             l1.add_bias(-c)
-            l2.add_bias(bias_delta(l2, c))
+            l2.add_bias(input_response(l2.node, l2.geometry, l2.W, c))
             touched |= {id(p.l1), id(p.l2)}
             changed += 1
             ctx.remark("QC301", f"absorb-bias moved {int(np.count_nonzero(c))} channel offsets from {p.l1.name} "
@@ -138,7 +124,7 @@ class AbsorbBias(Pass):
         for p in pairs:
             l1 = layers[id(p.l1)]
             t = l1.bias_node.outputs[0] if l1.bias_node is not None else p.l1.outputs[0]
-            axis = 1 if l1.kind in ("conv", "convtranspose") else -1
+            axis = l1.kind.activation_channel_axis
             requests[t.name] = (id(p.l1), ObserverConfig("min_max", axis=axis))
         from qcompiler.calib.data import CalibData, DataOptions
 

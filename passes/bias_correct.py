@@ -34,6 +34,7 @@ from qcompiler.calib.data import CalibData, DataOptions
 from qcompiler.diagnostics import CalibrationError, QCompilerError
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.io import copy_graph
+from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
 from qcompiler.ir.query import const_value, is_graph_output, produced_by, producer
 from qcompiler.ir.runtime import Session
 from qcompiler.pm import Pass, PassResult, option
@@ -41,11 +42,9 @@ from qcompiler.quant.state import BatchNormStats, FP32Reference
 from qcompiler.quant.qspec import dequantize_linear, quantize_linear
 from qcompiler.quant.strip import dequantized_constant
 
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from ._layers import input_response
 
 
-def channel_axis(node: gs.Node, out: np.ndarray) -> int:
-    return 1 if node.op in ("Conv", "ConvTranspose") else out.ndim - 1
 
 
 def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: CalibData, ctx,
@@ -64,7 +63,7 @@ def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: Cal
         for _, feeds in data.batches(graph, ctx.diagnostics):
             outs = sess.run({k: v for k, v in feeds.items() if k in feeds_needed})
             for (name, node), y in zip(tensors, outs):
-                ax = channel_axis(node, y)
+                ax = LayerKind(node.op).activation_channel_axis % y.ndim
                 axes = tuple(i for i in range(y.ndim) if i != ax)
                 s = y.astype(np.float64).sum(axis=axes)
                 sums[name] = s if name not in sums else sums[name] + s
@@ -167,7 +166,7 @@ class BiasCorrect(Pass):
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         ref = ctx.state.require(FP32Reference, self.name).graph
-        layers = [n for n in graph.nodes if n.op in WEIGHTED and len(n.inputs) > 1
+        layers = [n for n in graph.nodes if n.op in WEIGHTED_OPS and len(n.inputs) > 1
                   and produced_by(n.inputs[1], "DequantizeLinear") is not None]
         if not layers:
             return PassResult(False, {"layers": 0})
@@ -214,15 +213,7 @@ class BiasCorrect(Pass):
             if ex is None:
                 continue
             eps = Wq.astype(np.float64) - W.astype(np.float64)
-            if node.op == "Conv":
-                g = int(node.attrs.get("group", 1))
-                cout, cin_g = eps.shape[0], eps.shape[1]
-                es = eps.reshape(cout, cin_g, -1).sum(axis=2).reshape(g, cout // g, cin_g)
-                shift = np.einsum("gok,gk->go", es, ex.reshape(g, cin_g)).reshape(cout)
-            elif node.op == "Gemm" and int(node.attrs.get("transB", 0)):
-                shift = eps @ ex
-            else:
-                shift = ex @ eps
+            shift = input_response(rn, LayerGeometry.of(rn, W.shape), eps, ex)
             add_output_bias(graph, node, -shift, names)
             corrected += 1
         if corrected:

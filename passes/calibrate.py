@@ -33,6 +33,7 @@ from qcompiler.ir.io import graph_fingerprint
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
 from qcompiler.quant.session import default_observer, ensure_recipe
+from qcompiler.quant.targets import target_names
 
 
 class Calibrate(Pass):
@@ -54,7 +55,7 @@ class Calibrate(Pass):
                                  min=0)
         max_samples: int = option(0, "use at most this many samples (0: all)", min=0)
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
-                             choices=("auto", "tensorrt", "onnxruntime"))
+                             choices=("auto",) + target_names())
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
         hist_sample: int = option(0, "histogram every k-th element of each sample (0: auto, at most 8192 per sample "
                                      "and tensor; 1: all); the choice never depends on the batch size", min=0)

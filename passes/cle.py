@@ -83,9 +83,7 @@ class CLE(Pass):
         for p in pairs:
             for n in (p.l1, p.l2):
                 if id(n) not in layers:
-                    lay = Layer.of(n, with_matmul_bias=True, graph=graph)
-                    assert isinstance(lay, Layer)
-                    layers[id(n)] = lay
+                    layers[id(n)] = Layer.of(n, with_matmul_bias=True, graph=graph)  # find_pairs checked it
         measure = self.options.measure
         sqnr_before = {k: int8_per_tensor_sqnr(lay.W) for k, lay in layers.items()} if measure else {}
         clips = sum(1 for p in pairs for op in p.ops
@@ -95,7 +93,7 @@ class CLE(Pass):
         bounds: dict[int, np.ndarray] = {}
         for p in pairs:
             ch = layers[id(p.l1)].out_channels
-            last = layers[id(p.l1)].kind in ("gemm", "matmul")
+            last = layers[id(p.l1)].kind.is_dense
             for op in p.ops:
                 if op.op == "Clip":
                     lo, hi = clip_bounds(op)
@@ -168,7 +166,7 @@ class CLE(Pass):
                         mn = next(n for n in new if n.op == "Min")
                         self._set_bound(mn, 1, bounds[id(op)], p.channel_rank, names)
                 elif id(op) in bounds:
-                    idx = per_channel_operand(op, ch, p.channel_rank, layers[id(p.l1)].kind in ("gemm", "matmul"))
+                    idx = per_channel_operand(op, ch, p.channel_rank, layers[id(p.l1)].kind.is_dense)
                     self._set_bound(op, idx, bounds[id(op)], p.channel_rank, names)
 
         report = []

@@ -42,7 +42,15 @@ from qcompiler.ir.shapes import infer_shapes
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.state import BatchNormStats, BNRecord
 
-from ._layers import Layer, weight_exclusive
+from ._layers import WEIGHTED_OPS, Layer, LayerKind, NotALayer, weight_exclusive
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """Why a BatchNormalization is not folded; ``kind`` names its counter (``skipped.<kind>``)."""
+
+    kind: str  # no_producer | shared_weight
+    message: str
 
 
 class FoldBN(Pass):
@@ -81,13 +89,12 @@ class FoldBN(Pass):
             s, t, gamma, beta = self._affine(bn)
             x = bn.inputs[0]
             prod = producer(x)
-            why = self._foldable(graph, prod, x, bn, protected, self.options.copy_shared)
-            if why is None:
-                layer = Layer.of(prod)
-                assert isinstance(layer, Layer)
-                if layer.out_channels != s.size:
-                    why = f"{prod.name} has {layer.out_channels} output channels, the BatchNormalization {s.size}"
-            if why is None:
+            found = self._foldable(graph, prod, x, bn, protected, self.options.copy_shared)
+            if isinstance(found, Layer) and found.out_channels != s.size:
+                found = _Skip("no_producer", f"{prod.name} has {found.out_channels} output channels, the "
+                                             f"BatchNormalization {s.size}")
+            if isinstance(found, Layer):
+                layer = found
                 layer.scale_out(s)
                 layer.add_bias(t.astype(np.float64))
                 layer.commit(graph, names)
@@ -99,10 +106,8 @@ class FoldBN(Pass):
                 ctx.remark("QC301", f"fold-bn folded {bn.name} into {prod.name}", node=prod.name)
                 bump("folded")
                 continue
-            if prod is not None and why.startswith("weight"):
-                bump("skipped.shared_weight")
-            else:
-                bump("skipped.no_producer")
+            why = found.message
+            bump(f"skipped.{found.kind}")
             if self.options.unfoldable == "keep":
                 ctx.remark("QC302", f"fold-bn left {bn.name}: {why}", node=bn.name)
                 continue
@@ -146,25 +151,27 @@ class FoldBN(Pass):
         return s, t, gamma, beta
 
     @staticmethod
-    def _foldable(graph, prod, x, bn, protected, copy_shared: bool) -> str | None:
+    def _foldable(graph, prod, x, bn, protected, copy_shared: bool) -> "Layer | _Skip":
+        """The layer to fold into, or why there is none."""
         if prod is None:
-            return f"its input '{x.name}' is not produced by a layer"
-        if prod.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            return f"its producer {prod.name} is a {prod.op}, not Conv/ConvTranspose/Gemm/MatMul"
+            return _Skip("no_producer", f"its input '{x.name}' is not produced by a layer")
+        if prod.op not in WEIGHTED_OPS:
+            return _Skip("no_producer", f"its producer {prod.name} is a {prod.op}, not Conv/ConvTranspose/Gemm/MatMul")
         if len(x.outputs) != 1 or is_graph_output(graph, x) or x.name in protected:
-            return f"the output of {prod.name} has other consumers besides {bn.name}"
-        layer = Layer.of(prod)
-        if isinstance(layer, str):
-            return f"{prod.name}: {layer}"
-        if prod.op == "MatMul":
+            return _Skip("no_producer", f"the output of {prod.name} has other consumers besides {bn.name}")
+        try:
+            layer = Layer.of(prod)
+        except NotALayer as exc:
+            return _Skip("no_producer", f"{prod.name}: {exc.reason}")
+        if layer.kind is LayerKind.MATMUL:
             r = rank(x)
             if r != 2:
-                return (f"the MatMul output has rank {r if r is not None else 'unknown'}; BatchNormalization's "
-                        "channel axis is then not the MatMul's output axis")
+                return _Skip("no_producer", f"the MatMul output has rank {r if r is not None else 'unknown'}; "
+                                            "BatchNormalization's channel axis is then not the MatMul's output axis")
         if not copy_shared and not weight_exclusive(graph, prod, 1, protected):
-            return (f"weight '{prod.inputs[1].name}' of {prod.name} is shared with another node "
-                    "(copy-shared=true gives the layer its own copy)")
-        return None
+            return _Skip("shared_weight", f"weight '{prod.inputs[1].name}' of {prod.name} is shared with another "
+                                          "node (copy-shared=true gives the layer its own copy)")
+        return layer
 
     @staticmethod
     def _to_mul_add(graph, bn, s, t, r, names: Namer) -> None:

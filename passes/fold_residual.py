@@ -25,6 +25,8 @@ from qcompiler.ir.edit import Namer
 from qcompiler.ir.query import const_value, is_graph_output, producer, subgraph_referenced_names
 from qcompiler.pm import Pass, PassResult
 
+from qcompiler.ir.layers import LayerGeometry, LayerKind
+
 from ._layers import conv_geometry
 
 
@@ -89,9 +91,9 @@ class FoldResidual(Pass):
         W = const_value(conv.inputs[1])
         if W is None:
             return f"the weight of {conv.name} is not a constant"
-        group = int(conv.attrs.get("group", 1))
-        if W.shape[0] != W.shape[1] * group:
-            return f"{conv.name} maps {W.shape[1] * group} channels to {W.shape[0]} (needs Cout == Cin)"
+        geo = LayerGeometry(LayerKind.CONV, W.shape, int(conv.attrs.get("group", 1)))
+        if geo.out_channels != geo.in_channels:
+            return f"{conv.name} maps {geo.in_channels} channels to {geo.out_channels} (needs Cout == Cin)"
         c = self._centre(conv, W)
         if isinstance(c, str):
             return c

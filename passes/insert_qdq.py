@@ -32,6 +32,7 @@ from qcompiler.quant.emit import Emitter
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
 from qcompiler.quant.state import FP32Reference, QuantizationRecord
+from qcompiler.quant.targets import get_target, target_names
 from qcompiler.quant.session import ensure_recipe
 
 
@@ -53,7 +54,7 @@ class InsertQDQ(Pass):
     @dataclass(frozen=True)
     class Options:
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
-                             choices=("auto", "tensorrt", "onnxruntime"))
+                             choices=("auto",) + target_names())
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
         weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq (float + Q + DQ)",
                               choices=("dq", "qdq"))
@@ -62,8 +63,6 @@ class InsertQDQ(Pass):
         refuse_if_quantized(graph)
         recipe = ensure_recipe(ctx, self.options.target, self.options.precision)
         validate_for_target(recipe)
-        from qcompiler.quant.targets import get_target
-
         tgt = get_target(recipe.target)
         need = tgt.opset_fp8 if recipe.precision == "fp8" or any(s.fp8 for _, s in recipe.specs()) else tgt.opset_int8
         if any(s.per_block for _, s in recipe.specs()):

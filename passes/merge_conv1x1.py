@@ -35,6 +35,8 @@ from qcompiler.ir.edit import Namer
 from qcompiler.ir.query import const_value, is_graph_output, subgraph_referenced_names
 from qcompiler.pm import Pass, PassResult, option
 
+from qcompiler.ir.layers import LayerGeometry, LayerKind
+
 from ._layers import conv_geometry
 
 
@@ -137,12 +139,12 @@ class MergeConv1x1(Pass):
         return None
 
     def _merge_kxk_1x1(self, graph, c1, c2, W1, W2, g1, names) -> str | None:
-        C1, cin_g = W1.shape[0], W1.shape[1]
-        C2 = W2.shape[0]
-        if W2.shape[1] != C1:
+        l1 = LayerGeometry(LayerKind.CONV, W1.shape, g1.group)
+        l2 = LayerGeometry(LayerKind.CONV, W2.shape, 1)
+        C1, C2, cin, cin_g = l1.out_channels, l2.out_channels, l1.in_channels, W1.shape[l1.in_axis]
+        if l2.in_channels != C1:
             return "channel counts do not line up"
-        K = int(np.prod(W1.shape[2:]))
-        cin = cin_g * g1.group
+        K = int(np.prod(l1.kernel))
         why = self._growth(C1 * cin_g * K + C2 * C1, C2 * cin * K)
         if why:
             return why
@@ -158,11 +160,12 @@ class MergeConv1x1(Pass):
         return None
 
     def _merge_1x1_kxk(self, graph, c1, c2, W1, W2, g2, names) -> str | None:
-        C1, cin = W1.shape[0], W1.shape[1]
-        C2, c1_g = W2.shape[0], W2.shape[1]
-        if c1_g * g2.group != C1:
+        l1 = LayerGeometry(LayerKind.CONV, W1.shape, 1)
+        l2 = LayerGeometry(LayerKind.CONV, W2.shape, g2.group)
+        C1, cin, C2, c1_g = l1.out_channels, l1.in_channels, l2.out_channels, W2.shape[l2.in_axis]
+        if l2.in_channels != C1:
             return "channel counts do not line up"
-        K = int(np.prod(W2.shape[2:]))
+        K = int(np.prod(l2.kernel))
         stride = int(np.prod(g2.strides))
         why = self._growth(C1 * cin * stride + C2 * c1_g * K, C2 * cin * K)
         if why:

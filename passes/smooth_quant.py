@@ -55,7 +55,7 @@ class SmoothQuant(Pass):
                 continue
             users = list(x.outputs)
             bad = [u for u in users if u.op not in ("MatMul", "Gemm") or u.inputs[0] is not x
-                   or isinstance(Layer.of(u), str) or (u.op == "Gemm" and int(u.attrs.get("transA", 0)))]
+                   or Layer.refusal(u) is not None]
             if bad:
                 ctx.remark("QC302", f"smooth-quant skipped {ln.name}: its output feeds {bad[0].name} ({bad[0].op}), "
                                     "which cannot take the per-channel factor", node=ln.name)

@@ -18,8 +18,11 @@ from ..diagnostics import Diagnostic, Severity
 from ..ir import load_model
 from ..ir.io import get_meta, iter_graphs, onnx_type_name
 from ..ir.query import const_value, dtype_name, is_graph_output, produced_by, producer
-from .plan import small_layer_reason
-from .targets.tensorrt import COMMUTING, EPILOGUE
+from ..ir.layers import LayerGeometry
+from .targets import get_target
+
+#: lint-trt checks against the TensorRT target's rules (the same data the placement uses)
+TENSORRT = get_target("tensorrt")
 
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
                "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearAveragePool",
@@ -292,14 +295,14 @@ class _Linter:
                 if s is not None and s.size > 1 and "block_size" not in wdq.attrs:
                     axis = int(wdq.attrs.get("axis", 1))
                     wq = const_value(wdq.inputs[0])
-                    rank_w = wq.ndim if wq is not None else 2
-                    axis = axis + rank_w if axis < 0 else axis
-                    expect = {"Conv": 0, "ConvTranspose": 1,
-                              "Gemm": 0 if int(n.attrs.get("transB", 0)) else 1, "MatMul": rank_w - 1}[n.op]
+                    shape = tuple(wq.shape) if wq is not None else (1, 1)
+                    axis = axis + len(shape) if axis < 0 else axis
+                    geo = LayerGeometry.of(n, shape)
+                    expect = geo.out_axis if geo is not None else axis
                     if axis != expect:
                         self.err("L8", n.name, f"per-channel weight scale along axis {axis}; {n.op} output channels "
                                                f"are axis {expect}", f"quantize the weight along axis {expect}")
-                    if n.op == "ConvTranspose" and int(n.attrs.get("group", 1)) > 1:
+                    if geo is not None and not geo.per_channel_writable:
                         self.warn("L8", n.name, "per-channel weights on a grouped ConvTranspose (axis 1 is Cout/group)",
                                   "quantize grouped ConvTranspose weights per tensor")
             # L15: half-quantized layer
@@ -310,7 +313,9 @@ class _Linter:
             # L21: small layers
             W = const_value(wdq.inputs[0]) if wdq is not None else None
             if W is not None and xdq is not None:
-                why = small_layer_reason(n, np.zeros(W.shape, np.float32), is_first, self.fp8 or self._is_fp8(wdq))
+                geo = LayerGeometry.of(n, tuple(W.shape))
+                why = TENSORRT.small_layer_reason(geo, first=is_first, fp8=self.fp8 or self._is_fp8(wdq)) \
+                    if geo is not None else None
                 if why:
                     self.warn("L21", n.name, f"quantized, but {why}", "leave this layer in float/fp16")
             # L16: Q/DQ between the op and its epilogue
@@ -425,7 +430,7 @@ class _Linter:
             if q is not None:
                 t = q.inputs[0]  # look through a Q/DQ pair
                 continue
-            if p.op not in EPILOGUE or (p.op in ("Add", "Mul") and not any(const_value(i) is not None
+            if p.op not in TENSORRT.epilogue_ops or (p.op in ("Add", "Mul") and not any(const_value(i) is not None
                                                                            for i in p.inputs)):
                 return False
             nxt = [i for i in p.inputs if i.name and const_value(i) is None]
@@ -440,7 +445,7 @@ class _Linter:
         for c in t.outputs:
             if c.op == "QuantizeLinear":
                 return True
-            if c.op in COMMUTING or c.op in EPILOGUE:
+            if c.op in TENSORRT.commuting_ops or c.op in TENSORRT.epilogue_ops:
                 if any(self._reaches_q(o, depth + 1) for o in c.outputs if o.name):
                     return True
         return False

@@ -3,6 +3,17 @@
 ``calibrate`` uses the plan to know which tensors to observe; ``insert-qdq`` uses the same plan to
 emit the nodes, so what is calibrated is exactly what is quantized.  Every layer left in float gets
 a reason (``plan.float_nodes``), reported as a QC504 remark.
+
+The planner knows no target by name: it runs the steps a target lists in ``Target.placement``
+(:data:`STEPS`), each reading the target's data (qcompiler/quant/targets/):
+
+* ``weighted``: quantize the weights and input activation of weighted layers (P1), leaving float what
+  the recipe, the target's small-layer rule (P9) or a non-constant weight says;
+* ``io-ops``: ops in ``io_quantized_ops`` get their inputs quantized, and every quantized op its outputs
+  (after ``fused_activations``), so DQ -> op -> Q groups form (onnxruntime's integer kernels);
+* ``pooling``: ops in ``pooling_ops`` get their input quantized when a quantized layer follows (P5);
+* ``residual``: the skip input of a residual Add is quantized, never the conv branch (P4);
+* ``concat-groups``: Concat inputs and output (and the input/output of ``same_scale_ops``) share a scale (P7).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import DiagnosticEngine, RecipeError
+from ..ir.layers import LayerGeometry
 from ..ir.query import const_source, const_value, is_graph_output, produced_by, producer
 from .qspec import QSpec
 from .recipe import Recipe
@@ -65,50 +77,6 @@ class Plan:
 
     def summary(self) -> dict[str, int]:
         return {"activations": len(self.acts), "weights": len(self.weights), "float_layers": len(self.float_nodes)}
-
-
-# --------------------------------------------------------------------------------------------
-# P9: layers without fast int8/fp8 kernels (ModelOpt's default exclusions)
-# --------------------------------------------------------------------------------------------
-
-
-def small_layer_reason(node: gs.Node, W: np.ndarray, first: bool, fp8: bool) -> str | None:
-    if node.op in ("Gemm", "MatMul"):
-        if W.ndim != 2:
-            return None
-        if node.op == "Gemm" and int(node.attrs.get("transB", 0)):
-            n_out, k = W.shape
-        else:
-            k, n_out = W.shape
-        if k < 16 or n_out < 16:
-            return f"a {k}x{n_out} GEMM (K or N < 16) has no fast quantized kernel"
-        return None
-    if node.op == "Conv":
-        cout, cin_g = W.shape[0], W.shape[1]
-        g = int(node.attrs.get("group", 1))
-        cin = cin_g * g
-    else:  # ConvTranspose
-        cin, cout_g = W.shape[0], W.shape[1]
-        g = int(node.attrs.get("group", 1))
-        cout = cout_g * g
-    kernel = W.shape[2:]
-    if fp8:
-        if int(np.prod(kernel)) > 32:
-            return f"fp8 conv with a {'x'.join(map(str, kernel))} kernel (area > 32)"
-        if min(cin, cout) <= 16:
-            return f"fp8 conv with {cin} -> {cout} channels (<= 16)"
-        if g > 1:
-            return "grouped/depthwise conv (no optimized fp8 kernels)"
-        return None
-    if cin >= 16 and cout >= 16:
-        return None
-    if g == 1:
-        square = len(set(kernel)) <= 1
-        if (cout % 8 == 0 or cin % 8 == 0) and (first or max(cin, cout) >= 16) and square:
-            return None
-    elif cout % 8 == 0 and all(k >= 3 for k in kernel):
-        return None
-    return f"int8 conv with {cin} -> {cout} channels fails TensorRT's small-channel rules"
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,11 +235,11 @@ class _Planner:
 
     # -- steps --------------------------------------------------------------------------------
     def weighted_ops(self) -> None:
-        skip_small = self.recipe.option("skip_small_layers", self.target.skip_small_layers)
+        skip_small = self.recipe.option("skip_small_layers", self.target.small_layers is not None)
         quant_bmm = self.recipe.option("quantize_bmm", False)
         first = True
         for n in self.g.nodes:
-            if n.op not in self.target.weight_axis or len(n.inputs) < 2:
+            if n.op not in self.target.weighted_ops or len(n.inputs) < 2:
                 continue
             is_first, first = first, False
             cfg = self.recipe.resolve(n)
@@ -297,8 +265,11 @@ class _Planner:
             if _kind(W.dtype) != "f":
                 self.note_float(n, f"its weight is already {W.dtype}")
                 continue
+            geo = LayerGeometry.of(n, tuple(W.shape))
+            assert geo is not None
             if skip_small:
-                why = small_layer_reason(n, W, is_first, self.fp8 or (cfg.weight is not None and cfg.weight.fp8))
+                why = self.target.small_layer_reason(geo, first=is_first,
+                                                     fp8=self.fp8 or (cfg.weight is not None and cfg.weight.fp8))
                 if why:
                     self.note_float(n, why, rule="P9")
                     continue
@@ -309,10 +280,8 @@ class _Planner:
                 spec = cfg.weight
                 if spec.per_block and n.op not in ("MatMul", "Gemm"):
                     raise RecipeError(f"{n.name}: blocked (int4) weights are for MatMul/Gemm only", rule="R16")
-                axis = self.target.weight_axis[n.op](n) if spec.per_channel else None
-                if axis is not None and axis < 0:
-                    axis += W.ndim
-                if spec.per_channel and n.op == "ConvTranspose" and int(n.attrs.get("group", 1)) > 1:
+                axis = geo.out_axis if spec.per_channel else None
+                if spec.per_channel and not geo.per_channel_writable:
                     axis = None  # a per-output-channel scale cannot be written for grouped ConvTranspose (R9)
                     if self.diag is not None:
                         self.diag.remark("QC504", f"{n.name}: grouped ConvTranspose weights quantized per tensor "
@@ -340,7 +309,7 @@ class _Planner:
                 self.request(n.inputs[0], n, 0, cfg.activation, "P5")
 
     def residuals(self) -> None:
-        if self.target.residual != "skip-input" or not self.recipe.option("quantize_residual", True):
+        if not self.recipe.option("quantize_residual", True):
             return
         for n in self.g.nodes:
             if n.op != "Add" or len(n.inputs) != 2 or not n.outputs:
@@ -361,14 +330,14 @@ class _Planner:
             if self.flows_to_quantized(n.outputs[0]):
                 self.request(n.inputs[skip], n, skip, cfg.activation, "P4")
 
-    def onnxruntime_ops(self) -> None:
+    def io_ops(self) -> None:
         """Quantize inputs and outputs of quantized ops (DQ -> op -> Q groups)."""
         tgt = self.target
         quantized: list[gs.Node] = []
         for n in self.g.nodes:
             if n.name in self.weighted:
                 quantized.append(n)
-            elif n.op in tgt.quantized_ops:
+            elif n.op in tgt.io_quantized_ops:
                 cfg = self.recipe.resolve(n)
                 if cfg.activation is None:
                     continue
@@ -391,8 +360,6 @@ class _Planner:
                         self.request(out, c, k, cfg.activation, "ORT1")
 
     def concat_groups(self) -> None:
-        if not self.target.concat_shared_scale:
-            return
         requested = {a.tensor for a in self.plan.acts}
         parent: dict[str, str] = {}
 
@@ -407,13 +374,12 @@ class _Planner:
                 parent[max(ra, rb)] = min(ra, rb)
 
         members: set[str] = set()
-        # MaxPool between Q/DQ (onnxruntime target): its input and output share one scale, which is exact
-        # (max commutes with a monotonic quantizer) and what onnxruntime needs to run it on int8 data
-        same_scale_pool = "MaxPool" in self.target.quantized_ops and "MaxPool" not in self.target.commuting_ops
+        # same_scale_ops (MaxPool for onnxruntime): input and output share one scale, which is exact (max
+        # commutes with a monotonic quantizer) and what onnxruntime needs to run it on int8 data
         for n in self.g.nodes:
-            if not n.outputs or not (n.op == "Concat" or (n.op == "MaxPool" and same_scale_pool)):
+            if not n.outputs or not (n.op == "Concat" or n.op in self.target.same_scale_ops):
                 continue
-            if n.op == "MaxPool":
+            if n.op != "Concat":
                 ts = [n.inputs[0], n.outputs[0]]
             else:
                 ts = [i for i in n.inputs if i.name and const_value(i) is None] + [n.outputs[0]]
@@ -441,13 +407,17 @@ class _Planner:
                     self.plan.stats_only[t] = spec
 
     def build(self) -> Plan:
-        self.weighted_ops()
-        if self.target.quantize_outputs:
-            self.onnxruntime_ops()
-        self.pooling()
-        self.residuals()
-        self.concat_groups()
+        for step in self.target.placement:
+            if step not in STEPS:
+                raise RecipeError(f"target {self.target.name}: unknown placement step '{step}'",
+                                  hint="steps: " + ", ".join(STEPS))
+            getattr(self, STEPS[step])()
         return self.plan
+
+
+#: placement step name (used in Target.placement) -> planner method
+STEPS = {"weighted": "weighted_ops", "io-ops": "io_ops", "pooling": "pooling", "residual": "residuals",
+         "concat-groups": "concat_groups"}
 
 
 def make_plan(graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None = None) -> Plan:

@@ -181,17 +181,14 @@ def _rule(data: Any, where: str) -> Rule:
 
 
 def default_recipe(target: str = "tensorrt", precision: str = "int8", observer: str | None = None) -> Recipe:
-    if precision not in ("int8", "fp8"):
-        raise RecipeError(f"precision must be int8 or fp8, not '{precision}'")
-    if target not in ("tensorrt", "onnxruntime"):
-        raise RecipeError(f"target must be tensorrt or onnxruntime, not '{target}'")
-    dt = "fp8e4m3" if precision == "fp8" else "s8"
-    w = QSpec(dt, "per_channel_symmetric")
-    if target == "onnxruntime" and precision == "int8":
-        a = QSpec("u8", "per_tensor_affine", observer)
-    else:
-        a = QSpec(dt, "per_tensor_symmetric", observer)
-    r = Recipe(target=target, precision=precision, global_rule=Rule(w, a))
+    """The target's default recipe for ``precision`` (qcompiler/quant/targets/)."""
+    from .targets import get_target
+
+    tgt = get_target(target)
+    d = tgt.default(precision)
+    w = QSpec(d.weight[0], d.weight[1])
+    a = QSpec(d.activation[0], d.activation[1], observer)
+    r = Recipe(target=tgt.name, precision=precision, global_rule=Rule(w, a))
     r.source = r.to_dict()
     return r
 
@@ -208,15 +205,19 @@ def from_data(data: Any, where: str = "recipe") -> Recipe:
         close = difflib.get_close_matches(key, TOP_KEYS, n=1)
         raise RecipeError(f"{where}: unknown key '{key}'",
                           hint=(f"did you mean '{close[0]}'? " if close else "") + "keys: " + ", ".join(TOP_KEYS))
-    target = str(data.get("target", "tensorrt")).lower()
-    if target in ("trt", "tensorrt"):
-        target = "tensorrt"
-    elif target in ("ort", "onnxruntime"):
-        target = "onnxruntime"
-    else:
-        raise RecipeError(f"{where}: unknown target '{data.get('target')}'", hint="targets: tensorrt, onnxruntime")
+    from .targets import get_target, target_names
+
+    try:
+        tgt = get_target(str(data.get("target", "tensorrt")))
+    except RecipeError:
+        raise RecipeError(f"{where}: unknown target '{data.get('target')}'",
+                          hint="targets: " + ", ".join(target_names())) from None
+    target = tgt.name
     precision = str(data.get("precision", "int8")).lower()
-    base = default_recipe(target, precision if precision in ("int8", "fp8") else "int8")
+    if precision not in tgt.defaults:
+        raise RecipeError(f"{where}: precision must be one of {', '.join(tgt.defaults)} for {target}, not "
+                          f"'{data.get('precision')}'")
+    base = default_recipe(target, precision)
     r = Recipe(target=target, precision=precision, global_rule=base.global_rule)
     if "global" in data:
         g = _rule(data["global"], f"{where}.global")
@@ -299,21 +300,22 @@ def load_recipe(source: Any) -> Recipe:
 
 def validate_for_target(recipe: Recipe) -> None:
     """Reject recipe entries the target cannot run, naming the rule (before any calibration)."""
-    if recipe.target != "tensorrt":
-        for where, spec in recipe.specs():
-            if spec.fp8 and not spec.symmetric:
-                raise TargetError(f"{where}: fp8 quantization is symmetric (zero point 0)", rule="F1")
-        return
+    from .targets import get_target
+
+    tgt = get_target(recipe.target)
+    who = tgt.display_name or tgt.name
     for where, spec in recipe.specs():
         act = where.endswith(".activation")
-        if not spec.signed:
-            raise TargetError(f"{where}: TensorRT has no {spec.dtype} quantization (only signed int8/int4 and fp8)",
+        if spec.fp8 and not spec.symmetric:
+            raise TargetError(f"{where}: fp8 quantization is symmetric (zero point 0)", rule="F1")
+        if not spec.signed and not tgt.allow_unsigned:
+            raise TargetError(f"{where}: {who} has no {spec.dtype} quantization (only signed int8/int4 and fp8)",
                               rule="R2", hint="use dtype s8 (or fp8e4m3)")
-        if not spec.symmetric:
-            raise TargetError(f"{where}: TensorRT only supports symmetric quantization (zero point 0), not "
+        if not spec.symmetric and tgt.symmetric_only:
+            raise TargetError(f"{where}: {who} only supports symmetric quantization (zero point 0), not "
                               f"{spec.qscheme}", rule="R3", hint="use a *_symmetric qscheme")
-        if act and spec.per_channel:
-            raise TargetError(f"{where}: TensorRT quantizes activations per tensor only", rule="R8",
+        if act and spec.per_channel and not tgt.per_channel_activations:
+            raise TargetError(f"{where}: {who} quantizes activations per tensor only", rule="R8",
                               hint="use per_tensor_symmetric for activations")
         if act and spec.per_block:
             raise TargetError(f"{where}: blocked quantization is for weights only", rule="R16")

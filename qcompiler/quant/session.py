@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from ..diagnostics import RecipeError
 from .recipe import Recipe, default_recipe
-
-#: Default activation observer per (target, precision).  Chosen by measurement on the model zoo
-#: (docs/benchmarks.md, "choice of the default observer").
-DEFAULT_OBSERVER = {("tensorrt", "int8"): "percentile", ("tensorrt", "fp8"): "min_max",
-                    ("onnxruntime", "int8"): "percentile", ("onnxruntime", "fp8"): "min_max"}
+from .targets import get_target
 
 
 def default_observer(recipe: Recipe) -> str:
-    return DEFAULT_OBSERVER.get((recipe.target, recipe.precision), "min_max")
+    """The target's default activation observer for the recipe's precision (each target file says which, chosen by
+    measurement on the model zoo: docs/benchmarks.md, "choice of the default observer")."""
+    return get_target(recipe.target).default(recipe.precision).observer
 
 
 def ensure_recipe(ctx, target: str = "auto", precision: str = "auto") -> Recipe:
@@ -23,7 +21,7 @@ def ensure_recipe(ctx, target: str = "auto", precision: str = "auto") -> Recipe:
         r = default_recipe("tensorrt" if target == "auto" else target, "int8" if precision == "auto" else precision)
         ctx.recipe = r
         return r
-    if target != "auto" and target != r.target:
+    if target != "auto" and get_target(target).name != r.target:
         raise RecipeError(f"the pass asks for target {target}, the recipe says {r.target}",
                           hint="drop the pass option or change the recipe's target")
     if precision != "auto" and precision != r.precision:

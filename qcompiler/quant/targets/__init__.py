@@ -1,72 +1,170 @@
-"""Deployment targets: placement rules as data.  ``insert-qdq`` only consults them.
+"""Deployment targets: placement rules as data.
 
-See ``tensorrt.py`` (the product's main target; rules P1-P11 of docs/tensorrt.md) and
-``onnxruntime.py`` (onnxruntime's QDQ fusions for CPU latency).
+A target is one :class:`Target` value in a module of this package (``TARGET = Target(...)``):
+``tensorrt.py`` (the product's main target; rules P1-P11 of docs/tensorrt.md) and ``onnxruntime.py``
+(onnxruntime's QDQ fusions for CPU latency).  Modules are discovered, so a new target (a DLA or a CPU NPU
+profile) is one new file here: the planner (qcompiler/quant/plan.py), the recipe checks and the passes only
+read these fields, never a target's name.
+
+What a target says:
+
+* which ops are weighted layers it quantizes, which ops fuse into a layer's epilogue, which ones a Q/DQ
+  moves through, which pools and which other ops get Q/DQ;
+* ``placement``: the planner's steps, in order (see qcompiler/quant/plan.py, ``STEPS``);
+* what its integer kernels accept (symmetric only, unsigned types, per-channel activations, int32 biases);
+* ``small_layers``: the shape rule (P9) for layers without fast quantized kernels, as data;
+* its default recipe and observer per precision, and the opsets its Q/DQ forms need.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Callable
-
-import onnx_graphsurgeon as gs
 
 from ...diagnostics import RecipeError
+from ...ir.layers import LayerGeometry
 
 
-def conv_axis(node: gs.Node) -> int:
-    return 0
+@dataclass(frozen=True)
+class SmallLayerRules:
+    """Which layers have no fast quantized kernel (left float, rule P9), as numbers:
+
+    * Gemm/MatMul: K or N below ``min_gemm_dim`` (GEMV and tiny GEMMs);
+    * int8 convs: fine when Cin and Cout are both ``>= int8_min_channels``; else a dense conv needs Cout or
+      Cin a multiple of ``int8_channel_multiple``, a square kernel, and (unless it is the first layer) one
+      side ``>= int8_min_channels``; a grouped conv needs Cout a multiple of ``int8_channel_multiple`` and
+      every kernel dim ``>= int8_grouped_min_kernel``;
+    * fp8 convs: kernel area at most ``fp8_max_kernel_area``, both channel counts ``>= fp8_min_channels``,
+      grouped/depthwise only with ``fp8_grouped``.
+    """
+
+    min_gemm_dim: int = 16
+    int8_min_channels: int = 16
+    int8_channel_multiple: int = 8
+    int8_grouped_min_kernel: int = 3
+    fp8_max_kernel_area: int = 32
+    fp8_min_channels: int = 17
+    fp8_grouped: bool = False
+
+    def reason(self, geo: LayerGeometry, *, first: bool, fp8: bool, who: str = "the target") -> str | None:
+        """Why this layer has no fast kernel (None when it has one)."""
+        if geo.kind.is_dense:
+            if geo.ndim != 2:
+                return None
+            k, n = geo.in_channels, geo.out_channels
+            if k < self.min_gemm_dim or n < self.min_gemm_dim:
+                return f"a {k}x{n} GEMM (K or N < {self.min_gemm_dim}) has no fast quantized kernel"
+            return None
+        cin, cout, g, kernel = geo.in_channels, geo.out_channels, geo.group, geo.kernel
+        if fp8:
+            area = 1
+            for d in kernel:
+                area *= int(d)
+            if area > self.fp8_max_kernel_area:
+                return (f"fp8 conv with a {'x'.join(map(str, kernel))} kernel (area > "
+                        f"{self.fp8_max_kernel_area})")
+            if min(cin, cout) < self.fp8_min_channels:
+                return f"fp8 conv with {cin} -> {cout} channels (<= {self.fp8_min_channels - 1})"
+            if g > 1 and not self.fp8_grouped:
+                return "grouped/depthwise conv (no optimized fp8 kernels)"
+            return None
+        lo, m = self.int8_min_channels, self.int8_channel_multiple
+        if cin >= lo and cout >= lo:
+            return None
+        if g == 1:
+            square = len(set(kernel)) <= 1
+            if (cout % m == 0 or cin % m == 0) and (first or max(cin, cout) >= lo) and square:
+                return None
+        elif cout % m == 0 and all(k >= self.int8_grouped_min_kernel for k in kernel):
+            return None
+        return f"int8 conv with {cin} -> {cout} channels fails {who}'s small-channel rules"
 
 
-def convtranspose_axis(node: gs.Node) -> int:
-    return 1
+@dataclass(frozen=True)
+class DefaultQuant:
+    """A target's default recipe for one precision: weight and activation (dtype, qscheme), and the observer."""
 
-
-def gemm_axis(node: gs.Node) -> int:
-    return 0 if int(node.attrs.get("transB", 0)) else 1
-
-
-def matmul_axis(node: gs.Node) -> int:
-    return -1
+    weight: tuple[str, str]
+    activation: tuple[str, str]
+    observer: str
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
-    #: op -> function giving the per-channel axis of its weight (input 1)
-    weight_axis: dict[str, Callable[[gs.Node], int]]
-    #: ops fused into a weighted op's epilogue: never put Q/DQ between them and the op (P3)
-    epilogue_ops: frozenset[str]
+    description: str
+    #: how messages name it ("TensorRT")
+    display_name: str = ""
+    #: other names recipes and pass options may use (``trt``)
+    aliases: tuple[str, ...] = ()
+    #: weighted ops it quantizes (their per-channel axis comes from qcompiler.ir.layers)
+    weighted_ops: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+    #: ops fused into a weighted op's epilogue: no Q/DQ between them and the op (P3)
+    epilogue_ops: frozenset[str] = frozenset()
     #: ops a Q/DQ moves through (no Q/DQ of their own needed, P6)
-    commuting_ops: frozenset[str]
+    commuting_ops: frozenset[str] = frozenset()
     #: non-weighted ops quantized when their output flows into a quantized layer (P5)
-    pooling_ops: frozenset[str]
-    #: non-weighted ops whose inputs and output are all quantized (onnxruntime QLinear* kernels)
-    quantized_ops: frozenset[str] = frozenset()
-    #: quantize the outputs of quantized ops (onnxruntime needs DQ->op->Q to pick integer kernels)
-    quantize_outputs: bool = False
-    #: ops absorbed into the preceding op's output quantization (onnxruntime: Conv+Relu)
+    pooling_ops: frozenset[str] = frozenset()
+    #: non-weighted ops with quantized inputs and outputs (the ``io-ops`` step)
+    io_quantized_ops: frozenset[str] = frozenset()
+    #: ops absorbed into the preceding op's output quantization (``io-ops``: Conv+Relu)
     fused_activations: frozenset[str] = frozenset()
-    residual: str = "skip-input"  # skip-input | none
+    #: ops whose input and output share one scale (``concat-groups``: exact for MaxPool)
+    same_scale_ops: frozenset[str] = frozenset()
+    #: the planner's steps, in order (qcompiler/quant/plan.py STEPS)
+    placement: tuple[str, ...] = ("weighted",)
     symmetric_only: bool = True
     allow_unsigned: bool = False
     per_channel_activations: bool = False
     quantize_bias_int32: bool = False
-    skip_small_layers: bool = True
-    concat_shared_scale: bool = True
+    #: None: every layer has a fast kernel
+    small_layers: SmallLayerRules | None = None
     opset_int8: int = 13
     opset_fp8: int = 19
     opset_int4: int = 21
+    #: default recipe per precision (the precisions the target supports)
+    defaults: dict[str, DefaultQuant] = field(default_factory=dict)
+    #: rule id -> meaning, for diagnostics and docs
     rules: dict[str, str] = field(default_factory=dict)
+
+    def small_layer_reason(self, geo: LayerGeometry, *, first: bool, fp8: bool) -> str | None:
+        """Why a layer has no fast quantized kernel on this target (None: it has one, or the target has no rule)."""
+        if self.small_layers is None:
+            return None
+        return self.small_layers.reason(geo, first=first, fp8=fp8, who=self.display_name or self.name)
+
+    def default(self, precision: str) -> DefaultQuant:
+        d = self.defaults.get(precision)
+        if d is None:
+            raise RecipeError(f"target {self.name} has no {precision} quantization",
+                              hint="precisions: " + ", ".join(self.defaults))
+        return d
+
+
+_TARGETS: dict[str, Target] = {}
+
+
+def all_targets() -> dict[str, Target]:
+    """Every target of this package (each module's ``TARGET``), by name."""
+    if not _TARGETS:
+        found: dict[str, Target] = {}
+        for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            t = getattr(importlib.import_module(f"{__name__}.{mod.name}"), "TARGET", None)
+            if isinstance(t, Target):
+                found[t.name] = t
+        _TARGETS.update(found)
+    return dict(_TARGETS)
+
+
+def target_names() -> tuple[str, ...]:
+    return tuple(all_targets())
 
 
 def get_target(name: str) -> Target:
-    if name == "tensorrt":
-        from .tensorrt import TENSORRT
-
-        return TENSORRT
-    if name == "onnxruntime":
-        from .onnxruntime import ONNXRUNTIME
-
-        return ONNXRUNTIME
-    raise RecipeError(f"unknown target '{name}'", hint="targets: tensorrt, onnxruntime")
+    """A target by name or alias (case-insensitive)."""
+    key = name.lower()
+    for t in all_targets().values():
+        if key == t.name or key in t.aliases:
+            return t
+    raise RecipeError(f"unknown target '{name}'", hint="targets: " + ", ".join(target_names()))

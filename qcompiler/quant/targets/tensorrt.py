@@ -16,7 +16,7 @@ NVIDIA's explicit-quantization guide and ModelOpt's ONNX placement).
 
 from __future__ import annotations
 
-from . import Target, conv_axis, convtranspose_axis, gemm_axis, matmul_axis
+from . import DefaultQuant, SmallLayerRules, Target
 
 EPILOGUE = frozenset({"BatchNormalization", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Mul", "Add",
                       "MaxPool", "Min", "Max", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Identity"})
@@ -24,20 +24,24 @@ COMMUTING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", 
                        "Split", "Gather", "Pad", "Resize", "Upsample", "Identity", "Expand", "Tile", "DepthToSpace",
                        "SpaceToDepth"})
 
-TENSORRT = Target(
+TARGET = Target(
     name="tensorrt",
-    weight_axis={"Conv": conv_axis, "ConvTranspose": convtranspose_axis, "Gemm": gemm_axis, "MatMul": matmul_axis},
+    description="TensorRT int8/fp8 engines (explicit quantization, strongly typed)",
+    display_name="TensorRT",
+    aliases=("trt",),
     epilogue_ops=EPILOGUE,
     commuting_ops=COMMUTING,
     pooling_ops=frozenset({"AveragePool", "GlobalAveragePool"}),
-    quantize_outputs=False,
-    residual="skip-input",
+    placement=("weighted", "pooling", "residual", "concat-groups"),
     symmetric_only=True,
     allow_unsigned=False,
     per_channel_activations=False,
     quantize_bias_int32=False,
-    skip_small_layers=True,
-    concat_shared_scale=True,
+    small_layers=SmallLayerRules(),
+    defaults={
+        "int8": DefaultQuant(("s8", "per_channel_symmetric"), ("s8", "per_tensor_symmetric"), "percentile"),
+        "fp8": DefaultQuant(("fp8e4m3", "per_channel_symmetric"), ("fp8e4m3", "per_tensor_symmetric"), "min_max"),
+    },
     rules={
         "P1": "quantize all inputs of weighted ops",
         "P4": "residual Add: Q/DQ on the skip input only",

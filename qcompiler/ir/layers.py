@@ -1,0 +1,137 @@
+"""Weighted layers as typed descriptions: their kind and where the channels of their weight are.
+
+One place answers "which axis of this weight is the output channel?" for every module: the FP32 rewrites
+(fold-bn, cle, merge-conv1x1, fold-residual, absorb-bias, bias-correct), the placement planner (per-channel
+axes, TensorRT's small-layer rule P9) and the lint.
+
+==================  =========================  ================  ===============  ============
+kind                weight layout              output channels   input channels   out axis
+==================  =========================  ================  ===============  ============
+Conv (group g)      [Cout, Cin/g, k...]        shape[0]          shape[1] * g     0
+ConvTranspose (g)   [Cin, Cout/g, k...]        shape[1] * g      shape[0]         1
+Gemm transB=0       B [K, N]                   N = shape[1]      K = shape[0]     1
+Gemm transB=1       B [N, K]                   N = shape[0]      K = shape[1]     0
+MatMul              B [..., K, N]              N = shape[-1]     K = shape[-2]    ndim - 1
+==================  =========================  ================  ===============  ============
+
+The activation channel axis (where a per-output-channel vector sits in the layer's output) is 1 for
+convolutions and the last axis for Gemm/MatMul.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from .query import attr, const_source, const_value
+
+
+class LayerKind(str, enum.Enum):
+    CONV = "Conv"
+    CONV_TRANSPOSE = "ConvTranspose"
+    GEMM = "Gemm"
+    MATMUL = "MatMul"
+
+    @property
+    def is_conv(self) -> bool:
+        """Conv or ConvTranspose: channels on axis 1 of activations, kernels on axes 2..."""
+        return self in (LayerKind.CONV, LayerKind.CONV_TRANSPOSE)
+
+    @property
+    def is_dense(self) -> bool:
+        """Gemm or MatMul: channels on the last axis of activations."""
+        return not self.is_conv
+
+    @property
+    def activation_channel_axis(self) -> int:
+        return 1 if self.is_conv else -1
+
+    @staticmethod
+    def of(op: str) -> "LayerKind | None":
+        try:
+            return LayerKind(op)
+        except ValueError:
+            return None
+
+
+#: ONNX op types of weighted layers
+WEIGHTED_OPS: tuple[str, ...] = tuple(k.value for k in LayerKind)
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Kind, weight shape, group and transB of a weighted layer: everything channel arithmetic needs."""
+
+    kind: LayerKind
+    weight_shape: tuple[int, ...]
+    group: int = 1
+    trans_b: bool = False
+
+    @staticmethod
+    def of(node: gs.Node, weight_shape: tuple[int, ...] | None = None) -> "LayerGeometry | None":
+        """The geometry of a weighted node (its weight shape read from the constant behind input 1 unless
+        given; values are not loaded).  None when the node is not a weighted op or its weight shape is unknown."""
+        kind = LayerKind.of(node.op)
+        if kind is None or len(node.inputs) < 2:
+            return None
+        if weight_shape is None:
+            src = const_source(node.inputs[1])
+            if src is not None:
+                weight_shape = tuple(int(d) for d in src.shape)
+            else:
+                w = const_value(node.inputs[1])
+                if w is None:
+                    return None
+                weight_shape = tuple(w.shape)
+        group = int(attr(node, "group", 1)) if kind.is_conv else 1
+        trans_b = kind is LayerKind.GEMM and bool(int(attr(node, "transB", 0)))
+        return LayerGeometry(kind, tuple(weight_shape), group, trans_b)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.weight_shape)
+
+    @property
+    def out_axis(self) -> int:
+        """Axis of the weight that indexes output channels (the per-channel quantization axis)."""
+        if self.kind is LayerKind.CONV:
+            return 0
+        if self.kind is LayerKind.CONV_TRANSPOSE:
+            return 1
+        if self.kind is LayerKind.GEMM:
+            return 0 if self.trans_b else 1
+        return self.ndim - 1
+
+    @property
+    def in_axis(self) -> int:
+        """Axis of the weight that indexes input channels (within a group for convolutions)."""
+        if self.kind is LayerKind.CONV:
+            return 1
+        if self.kind is LayerKind.CONV_TRANSPOSE:
+            return 0
+        if self.kind is LayerKind.GEMM:
+            return 1 if self.trans_b else 0
+        return self.ndim - 2
+
+    @property
+    def out_channels(self) -> int:
+        n = self.weight_shape[self.out_axis]
+        return n * self.group if self.kind is LayerKind.CONV_TRANSPOSE else n
+
+    @property
+    def in_channels(self) -> int:
+        n = self.weight_shape[self.in_axis]
+        return n * self.group if self.kind is LayerKind.CONV else n
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        """Spatial kernel dims (empty for Gemm/MatMul)."""
+        return tuple(self.weight_shape[2:]) if self.kind.is_conv else ()
+
+    @property
+    def per_channel_writable(self) -> bool:
+        """A per-output-channel scale can be written along ``out_axis`` (not for grouped ConvTranspose, whose
+        axis 1 is Cout/group long)."""
+        return not (self.kind is LayerKind.CONV_TRANSPOSE and self.group > 1)
