@@ -126,11 +126,8 @@ class AbsorbBias(Pass):
             t = l1.bias_node.outputs[0] if l1.bias_node is not None else p.l1.outputs[0]
             axis = l1.kind.activation_channel_axis
             requests[t.name] = (id(p.l1), ObserverConfig("min_max", axis=axis))
-        from qcompiler.calib.data import CalibData, DataOptions
 
-        data = ctx.calib_data
-        data = CalibData(data.source, DataOptions(data.options.batch_size, self.options.max_samples,
-                                                  data.options.skip_bad))
+        data = ctx.calib_data.limited(self.options.max_samples)
         stats = collect(graph, {k: v[1] for k, v in requests.items()}, data, diagnostics=ctx.diagnostics,
                         options=CollectOptions(threads=ctx.threads, progress=ctx.show_progress()))
         for name, (key, _) in requests.items():

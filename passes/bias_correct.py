@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler.calib.data import CalibData, DataOptions
+from qcompiler.calib.data import CalibData
 from qcompiler.diagnostics import CalibrationError, QCompilerError
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.io import copy_graph
@@ -60,8 +60,8 @@ def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: Cal
     try:
         names = sess.output_names
         feeds_needed = set(sess.input_names)
-        for _, feeds in data.batches(graph, ctx.diagnostics):
-            outs = sess.run({k: v for k, v in feeds.items() if k in feeds_needed})
+        for b in data.batches(graph, ctx.diagnostics):
+            outs = sess.run({k: v for k, v in b.feeds.items() if k in feeds_needed})
             for (name, node), y in zip(tensors, outs):
                 ax = LayerKind(node.op).activation_channel_axis % y.ndim
                 axes = tuple(i for i in range(y.ndim) if i != ax)
@@ -176,8 +176,7 @@ class BiasCorrect(Pass):
         if ctx.calib_data is None:
             raise CalibrationError("bias-correct{mode=empirical} needs calibration data", code="QC401",
                                    hint="pass --calib-data, or use bias-correct{mode=data-free} after fold-bn")
-        data = CalibData(ctx.calib_data.source, DataOptions(ctx.calib_data.options.batch_size,
-                                                            self.options.max_samples, ctx.calib_data.options.skip_bad))
+        data = ctx.calib_data.limited(self.options.max_samples)
         ref_nodes = {n.name: n for n in ref.nodes}
         targets = [(n.outputs[0].name, n) for n in layers if n.name in ref_nodes]
         fp32 = channel_means(ref, [(name, ref_nodes[n.name]) for name, n in targets], data, ctx, "all")

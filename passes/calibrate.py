@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from qcompiler.calib import CalibrationStats, CollectOptions, ObserverConfig, cache_key, collect
-from qcompiler.calib.data import CalibData, DataOptions, RandomSource
+from qcompiler.calib.data import CalibData, RandomSource
 from qcompiler.calib.observers import METHODS
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.pm import Pass, PassResult, option
@@ -100,8 +100,7 @@ class Calibrate(Pass):
         batch = self.options.batch_size or data.options.batch_size or int(cal.get("batch_size", 0) or 0) or None
         max_samples = self.options.max_samples or data.options.max_samples or int(cal.get("max_samples", 0) or 0) or None
         if max_samples != data.options.max_samples:
-            data = CalibData(data.source, DataOptions(batch, max_samples, data.options.skip_bad,
-                                                      data.options.preprocess))
+            data = data.limited(max_samples, batch_size=batch)
         data.check_signature(graph)
 
         key = ""

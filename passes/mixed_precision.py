@@ -43,15 +43,13 @@ class MixedPrecision(Pass):
         max_samples: int = option(128, "calibration samples used to measure", min=1)
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
-        from qcompiler.calib.data import CalibData, DataOptions
         from qcompiler.ir.opset import replace_graph_contents
         from qcompiler.report import float_layers, layer_sensitivity, quantized_layers, streamed_sqnr
 
         if ctx.calib_data is None:
             raise CalibrationError("mixed-precision needs calibration data", code="QC401", hint="pass --calib-data")
         ref = ctx.state.require(FP32Reference, self.name).graph
-        data = CalibData(ctx.calib_data.source, DataOptions(ctx.calib_data.options.batch_size,
-                                                            self.options.max_samples, ctx.calib_data.options.skip_bad))
+        data = ctx.calib_data.limited(self.options.max_samples)
         out = ref.outputs[0].name
         ref_names = {n.name for n in ref.nodes}
         layers = [n for n in quantized_layers(graph) if n.name in ref_names]

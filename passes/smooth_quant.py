@@ -22,7 +22,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.calib import CollectOptions, ObserverConfig, collect
-from qcompiler.calib.data import CalibData, DataOptions
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.ir.edit import Namer
 from qcompiler.ir.query import const_value, is_graph_output, subgraph_referenced_names
@@ -70,8 +69,7 @@ class SmoothQuant(Pass):
         if ctx.calib_data is None:
             raise CalibrationError("smooth-quant needs calibration data (max |X| per channel)", code="QC401",
                                    hint="pass --calib-data")
-        data = CalibData(ctx.calib_data.source, DataOptions(ctx.calib_data.options.batch_size,
-                                                            self.options.max_samples, ctx.calib_data.options.skip_bad))
+        data = ctx.calib_data.limited(self.options.max_samples)
         stats = collect(graph, {ln.outputs[0].name: ObserverConfig("min_max", axis=-1) for ln, _ in sites}, data,
                         diagnostics=ctx.diagnostics, options=CollectOptions(threads=ctx.threads,
                                                                               progress=ctx.show_progress()))

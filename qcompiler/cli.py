@@ -98,6 +98,10 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
                         "std=0.229,0.224,0.225 layout=NCHW color=RGB'")
     p.add_argument("--skip-bad-samples", action="store_true",
                    help="skip samples with NaN/Inf (warning) instead of failing")
+    p.add_argument("--layout", choices=("auto", "batch", "stacked", "feed"), default="auto",
+                   help="how the data's arrays are laid out: batch (samples on axis 0), stacked (feeds on a new "
+                        "leading axis), feed (each file is one onnxruntime run, as it is); auto (default) decides "
+                        "per file from the ranks against the model's inputs; folders: one feed per file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +232,8 @@ def _calib_options(args) -> dict[str, Any]:
         opts["preprocess"] = args.preprocess
     if getattr(args, "skip_bad_samples", False):
         opts["skip_bad"] = True
+    if getattr(args, "layout", "auto") != "auto":
+        opts["layout"] = args.layout
     return opts
 
 

@@ -68,7 +68,8 @@ def streamed_sqnr(ref: gs.Graph, test: gs.Graph, tensors: list[str], data, *, la
     noise = dict.fromkeys(tensors, 0.0)
     correct = total = agree = 0
     try:
-        for first, feeds in data.batches(ref, None):
+        for batch in data.batches(ref, None):
+            first, feeds = batch.first, batch.feeds
             a = sa.run({k: v for k, v in feeds.items() if k in sa.input_names})
             b = sb.run({k: v for k, v in feeds.items() if k in sb.input_names})
             for t, x, y in zip(tensors, a, b):
@@ -270,8 +271,8 @@ def _activation_histograms(ref: gs.Graph, qdq: gs.Graph, data, worst: list[str])
         h.cleanup(remove_unused_graph_inputs=False)
         s = Session(h, opt_level="all")
         vals = []
-        for _, feeds in data.batches(ref, None):
-            vals.append(s.run({k: v for k, v in feeds.items() if k in s.input_names})[0].reshape(-1)[::7])
+        for batch in data.batches(ref, None):
+            vals.append(s.run({k: v for k, v in batch.feeds.items() if k in s.input_names})[0].reshape(-1)[::7])
             if sum(v.size for v in vals) > 200_000:
                 break
         s.close()

@@ -50,10 +50,8 @@ def device() -> str:
 
 def collect_inputs(data, graph: gs.Graph, max_samples: int, diagnostics=None) -> list[dict[str, np.ndarray]]:
     """Calibration batches (bounded by max_samples) kept for training."""
-    from ..calib.data import CalibData, DataOptions
-
-    d = CalibData(data.source, DataOptions(data.options.batch_size or 32, max_samples, data.options.skip_bad))
-    return [feeds for _, feeds in d.batches(graph, diagnostics)]
+    d = data.limited(max_samples, batch_size=data.options.batch_size or 32)
+    return [b.feeds for b in d.batches(graph, diagnostics)]
 
 
 def _progress(enabled: bool, total: int, desc: str):

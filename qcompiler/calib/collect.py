@@ -70,13 +70,17 @@ def auto_stride(size: int, cap: int = AUTO_SAMPLE_CAP) -> int:
     return k
 
 
-def sample_view(x: np.ndarray, n: int, k: int) -> np.ndarray:
+def sample_view(x: np.ndarray, n: int, k: int, batch_axis: bool = True) -> np.ndarray:
     """The elements of each sample that go into the histogram: every k-th element *within each sample*
     (k = 0: :func:`auto_stride`, at most about AUTO_SAMPLE_CAP per sample).  The selection depends only on
-    the sample, never on how samples are batched, so histograms stay identical for any batch size."""
-    if n <= 0 or x.ndim == 0 or x.shape[0] != n:
+    the sample, never on how samples are batched, so histograms stay identical for any batch size.  A feed
+    without a batch axis is one sample."""
+    if not batch_axis:
+        per = x.reshape(1, -1)
+    elif n <= 0 or x.ndim == 0 or x.shape[0] != n:
         return x.reshape(-1)
-    per = x.reshape(n, -1)
+    else:
+        per = x.reshape(n, -1)
     if k == 0:
         k = auto_stride(per.shape[1])
     return per if k == 1 else per[:, ::k]
@@ -155,19 +159,20 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
     samples = 0
     # slices of a batch give the same statistics (min/max and per-sample histogram subsampling do not see
     # batching), except the moving average, which is defined per batch; a fixed batch dim cannot be sliced
-    sliceable = (opts.run_budget_mib > 0 and not any(p.cfg.method == "moving_average" for p in probes)
+    can_slice = (opts.run_budget_mib > 0 and not any(p.cfg.method == "moving_average" for p in probes)
                  and all(t.shape and not static_dim(t.shape[0]) for t in g.inputs))
     step: int | None = None  # samples per run once the first run has shown the exposed bytes per sample
     try:
-        for first, batch in data.batches(graph, diagnostics, opts.batch_size):
-            n_batch = next(iter(batch.values())).shape[0] if batch else 0
+        for b in data.batches(graph, diagnostics, opts.batch_size):
+            first, batch, n_batch = b.first, b.feeds, b.samples
+            sliceable = can_slice and b.batch_axis
             s0 = 0
             while s0 < max(n_batch, 1):
                 # sliced: the very first run takes one sample, to learn the exposed bytes per sample
                 k = (step or 1) if sliceable else max(n_batch, 1)
                 start, s0 = s0, s0 + k
                 feeds = batch if (start == 0 and k >= n_batch) else {key: v[start:s0] for key, v in batch.items()}
-                n = next(iter(feeds.values())).shape[0] if feeds else 0
+                n = min(k, n_batch - start) if b.batch_axis else 1
                 ta = time.perf_counter()
                 ort_feeds = {key: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
                              for key, v in feeds.items() if key in need_feed}
@@ -193,7 +198,8 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                                                hint="the model overflows or divides by zero on this data")
                     st.update_minmax(mn, mx, n)
                     if p.cfg.needs_hist():
-                        st.update_hist(sample_view(x, n, opts.hist_sample), float(np.min(mn)), float(np.max(mx)))
+                        st.update_hist(sample_view(x, n, opts.hist_sample, b.batch_axis), float(np.min(mn)),
+                                       float(np.max(mx)))
                 del vals
                 t_stats += time.perf_counter() - tb
                 samples += n
@@ -219,8 +225,8 @@ def plain_inference_seconds(graph: gs.Graph, data: CalibData, *, threads: int | 
     names = set(sess.input_names)
     total = 0.0
     try:
-        for _, feeds in data.batches(graph, None, batch_size):
-            f = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items() if k in names}
+        for b in data.batches(graph, None, batch_size):
+            f = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in b.feeds.items() if k in names}
             t = time.perf_counter()
             sess.sess.run_with_ort_values(sess.output_names, f)
             total += time.perf_counter() - t
