@@ -58,7 +58,8 @@ def _entries() -> dict[str, ZooEntry]:
                  "ResNet-18 architecture (random weights)"),
         ZooEntry("resnet50", lambda: A.ResNet(A.Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512]), big, False,
                  "ResNet-50 architecture (random weights)"),
-        ZooEntry("mobilenetv2-full", lambda: A.MobileNetV2(), big, False, "MobileNetV2 1.0 architecture (random weights)"),
+        ZooEntry("mobilenetv2-full", lambda: A.MobileNetV2(), big, False,
+                 "MobileNetV2 1.0 architecture (random weights)"),
         ZooEntry("efficientnet-b0", lambda: A.EfficientNetB0(), big, False,
                  "EfficientNet-B0-like (SiLU, squeeze-excite, depthwise 5x5; random weights)"),
         ZooEntry("decoder", lambda: A.Decoder(), (64, 16, 16), False,
@@ -100,7 +101,8 @@ def cache_dir() -> Path:
 
 
 def _key(entry: ZooEntry, **extra: Any) -> str:
-    blob = json.dumps({"v": ZOO_VERSION if entry.trained else ARCH_VERSION, "name": entry.name, "shape": entry.input_shape, "trained": entry.trained,
+    blob = json.dumps({"v": ZOO_VERSION if entry.trained else ARCH_VERSION, "name": entry.name,
+                       "shape": entry.input_shape, "trained": entry.trained,
                        "train": entry.train_kwargs, "opset": entry.opset, **extra}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

@@ -4,15 +4,15 @@ bias-correct.
 Which axis is which comes from the layer's typed description (:class:`qcompiler.ir.layers.LayerGeometry`;
 the table is there).  Which weight entries belong to an output channel ``o`` or an input channel ``i``:
 
-====================  =====================  ===========================================  ==========================
-op                    weight layout          output channel o                             input channel i
-====================  =====================  ===========================================  ==========================
-Conv (group g)        [Cout, Cin/g, k...]    W[o]                                         W[rows of group(i), i % (Cin/g)]
-ConvTranspose (g)     [Cin, Cout/g, k...]    W[rows of group(o), o % (Cout/g)]            W[i]
-Gemm transB=0         B [K, N]               B[:, o]                                      B[i, :]
-Gemm transB=1         B [N, K]               B[o, :]                                      B[:, i]
-MatMul (2-D B)        B [K, N]               B[:, o]                                      B[i, :]
-====================  =====================  ===========================================  ==========================
+==================  ===================  =================================  ================================
+op                  weight layout        output channel o                   input channel i
+==================  ===================  =================================  ================================
+Conv (group g)      [Cout, Cin/g, k...]  W[o]                               W[rows of group(i), i % (Cin/g)]
+ConvTranspose (g)   [Cin, Cout/g, k...]  W[rows of group(o), o % (Cout/g)]  W[i]
+Gemm transB=0       B [K, N]             B[:, o]                            B[i, :]
+Gemm transB=1       B [N, K]             B[o, :]                            B[:, i]
+MatMul (2-D B)      B [K, N]             B[:, o]                            B[i, :]
+==================  ===================  =================================  ================================
 
 A layer never mutates arrays in place: it builds new ones and ``commit`` swaps fresh initializers
 into the node, so a weight shared with another node is never changed behind its back.
@@ -284,7 +284,8 @@ class Layer:
             g = self.group
             cout, cin_g = W.shape[0], W.shape[1]
             rest = W.shape[2:]
-            W = (W.reshape((g, cout // g, cin_g) + rest) * self._vec(s, (g, 1, cin_g) + (1,) * len(rest))).reshape(W.shape)
+            factor = self._vec(s, (g, 1, cin_g) + (1,) * len(rest))
+            W = (W.reshape((g, cout // g, cin_g) + rest) * factor).reshape(W.shape)
         elif self.kind is LayerKind.CONV_TRANSPOSE:
             W = W * self._vec(s, (-1,) + (1,) * (W.ndim - 1))
         elif self.trans_b:
@@ -298,6 +299,10 @@ class Layer:
         self.b = (base.astype(np.float64) + delta).astype(self.W.dtype, copy=False)
 
     # -- writing back ----------------------------------------------------------------------
+    def _bias_array(self) -> np.ndarray:
+        assert self.b is not None
+        return np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False))
+
     def commit(self, graph: gs.Graph, names: Namer, *, bias: bool = True) -> None:
         """Put fresh initializers for W (and b) into the node (and its bias Add for MatMul)."""
         node = self.node
@@ -307,14 +312,14 @@ class Layer:
         if not bias or self.b is None:
             return
         if self.kind.is_conv:
-            c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
+            c = gs.Constant(names(node.name + "_bias"), self._bias_array())
             if len(node.inputs) > 2:
                 node.inputs[2] = c
             else:
                 node.inputs.append(c)
         elif self.kind is LayerKind.GEMM:
             node.attrs["beta"] = 1.0
-            c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
+            c = gs.Constant(names(node.name + "_bias"), self._bias_array())
             if len(node.inputs) > 2:
                 node.inputs[2] = c
             else:
@@ -324,12 +329,13 @@ class Layer:
                 old = const_value(self.bias_node.inputs[self.bias_index])
                 shape = old.shape if old is not None else (self.b.size,)
                 self.bias_node.inputs[self.bias_index] = gs.Constant(
-                    names(node.name + "_bias"), np.ascontiguousarray(self.b.reshape(shape).astype(self.W.dtype, copy=False)))
+                    names(node.name + "_bias"),
+                    np.ascontiguousarray(self.b.reshape(shape).astype(self.W.dtype, copy=False)))
             else:
                 out = node.outputs[0]
                 new_out = gs.Variable(names(out.name + "_mm"), dtype=out.dtype, shape=out.shape)
                 node.outputs[0] = new_out
-                c = gs.Constant(names(node.name + "_bias"), np.ascontiguousarray(self.b.astype(self.W.dtype, copy=False)))
+                c = gs.Constant(names(node.name + "_bias"), self._bias_array())
                 add = gs.Node("Add", names(node.name + "_bias_add"), inputs=[new_out, c], outputs=[out])
                 graph.nodes.insert(graph.nodes.index(node) + 1, add)
                 self.bias_node, self.bias_index = add, 1

@@ -86,7 +86,8 @@ def per_channel_values(node: gs.Node, index: int, channels: int) -> np.ndarray:
     return np.full(channels, c[0]) if c.size == 1 else c.copy()
 
 
-def find_pairs(graph: gs.Graph, *, clip: str = "rescale", for_bias: bool = False) -> tuple[list[Pair], list[tuple[gs.Node, str]]]:
+def find_pairs(graph: gs.Graph, *, clip: str = "rescale",
+               for_bias: bool = False) -> tuple[list[Pair], list[tuple[gs.Node, str]]]:
     """Layer pairs (l1 -> homogeneous ops -> l2) and, for layers that start no pair, why.
 
     ``clip``: how Clip is treated: ``rescale`` (convertible, exact), ``relu`` (convertible, changes

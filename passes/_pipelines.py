@@ -27,7 +27,8 @@ class QuantOptions:
     cle: bool = option(False, "run cross-layer equalization before calibration")
     merge: bool = option(True, "merge conv -> 1x1 conv pairs (one quantization point fewer per pair)")
     fold_residual: bool = option(False, "fold y = Conv(x) + x into the conv kernel")
-    weights: str = option("dq", "weight storage: dq (int8 initializer + DQ) or qdq (float + Q + DQ)", choices=("dq", "qdq"))
+    weights: str = option("dq", "weight storage: dq (int8 initializer + DQ) or qdq (float + Q + DQ)",
+                          choices=("dq", "qdq"))
     bias_correct: bool = option(False, "empirical bias correction after insert-qdq (needs calibration data)")
     finetune: str = option("none", "fine-tune after insert-qdq in torch: adaround (rounding) or lsq (step sizes)",
                            choices=("none", "adaround", "lsq"))
@@ -45,8 +46,9 @@ def _quant(target: str, precision: str):
         if o.cle:
             prep.append("cle")
         prep.append("cleanup")
-        cal = f"calibrate{{target={target} precision={precision}" + (f" method={o.calib}" if o.calib != "auto" else "") + "}"
-        ins = f"insert-qdq{{target={target} precision={precision}" + (f" weights={o.weights}" if o.weights != "dq" else "") + "}"
+        common = f"target={target} precision={precision}"
+        cal = f"calibrate{{{common}" + (f" method={o.calib}" if o.calib != "auto" else "") + "}"
+        ins = f"insert-qdq{{{common}" + (f" weights={o.weights}" if o.weights != "dq" else "") + "}"
         tail = ["bias-correct"] if o.bias_correct else []
         if o.finetune != "none":
             tail.append(o.finetune)

@@ -81,7 +81,8 @@ class Calibrate(Pass):
             method = self.options.method if self.options.method != "auto" else \
                 (spec.observer or cal.get("method") or default_observer(recipe))
             configs[t] = ObserverConfig(
-                method=method, axis=1 if spec.per_channel else None, bins=int(spec.option("bins", cal.get("bins", self.options.bins))),
+                method=method, axis=1 if spec.per_channel else None,
+                bins=int(spec.option("bins", cal.get("bins", self.options.bins))),
                 percentile=float(spec.option("percentile", cal.get("percentile", self.options.percentile))),
                 averaging_constant=float(spec.option("averaging_constant",
                                                      cal.get("averaging_constant", self.options.averaging_constant))),
@@ -98,7 +99,8 @@ class Calibrate(Pass):
             ctx.warning("QC407", "calibrating on random data: ranges will not match real inputs")
             data = CalibData(RandomSource(self.options.random_samples, ctx.seed))
         batch = self.options.batch_size or data.options.batch_size or int(cal.get("batch_size", 0) or 0) or None
-        max_samples = self.options.max_samples or data.options.max_samples or int(cal.get("max_samples", 0) or 0) or None
+        max_samples = (self.options.max_samples or data.options.max_samples or int(cal.get("max_samples", 0) or 0)
+                       or None)
         if max_samples != data.options.max_samples:
             data = data.limited(max_samples, batch_size=batch)
         data.check_signature(graph)

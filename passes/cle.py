@@ -68,8 +68,8 @@ class CLE(Pass):
         clip: str = option("rescale", "how Clip/ReLU6 between layers is treated: rescale (exact per-channel "
                                       "bound), barrier (stop), relu (replace by Relu: changes the model)",
                            choices=("rescale", "barrier", "relu"))
-        measure: bool = option(False, "also record per-tensor int8 weight SQNR before/after of every equalized layer in "
-                                      "the CLE report (range spreads are always recorded)")
+        measure: bool = option(False, "also record per-tensor int8 weight SQNR before/after of every equalized "
+                                      "layer in the CLE report (range spreads are always recorded)")
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         pairs, skipped = find_pairs(graph, clip=self.options.clip)

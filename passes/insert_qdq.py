@@ -56,7 +56,8 @@ class InsertQDQ(Pass):
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
                              choices=("auto",) + target_names())
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
-        weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq (float + Q + DQ)",
+        weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq "
+                                    "(float + Q + DQ)",
                               choices=("dq", "qdq"))
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:

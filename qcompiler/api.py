@@ -40,7 +40,8 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     out = Path(output_path)
     inp = Path(input_path)
     if out.exists() and out.is_dir():
-        raise UsageError(f"output path '{out}' is a directory", code="QC204", hint="give a file name, e.g. -o model.int8.onnx")
+        raise UsageError(f"output path '{out}' is a directory", code="QC204",
+                         hint="give a file name, e.g. -o model.int8.onnx")
     try:
         same = out.exists() and inp.exists() and os.path.samefile(out, inp)
     except OSError:
@@ -62,7 +63,8 @@ def make_context(*, config: Any = None, calib_data: Any = None, calib_cache: str
                  diagnostics: DiagnosticEngine | None = None, seed: int = 0, progress: bool | None = None,
                  threads: int | None = None, allow_random_calibration: bool = False,
                  calib_options: dict[str, Any] | None = None) -> PassContext:
-    ctx = PassContext(diagnostics=diagnostics if diagnostics is not None else DiagnosticEngine(), seed=seed, progress=progress, threads=threads,
+    ctx = PassContext(diagnostics=diagnostics if diagnostics is not None else DiagnosticEngine(), seed=seed,
+                      progress=progress, threads=threads,
                       allow_random_calibration=allow_random_calibration, calib_cache=calib_cache)
     if config is not None:
         from .quant.recipe import load_recipe

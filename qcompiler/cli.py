@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "report", "per-layer error, sensitivity and plots for a quantized model")
     p.add_argument("fp32", help="the FP32 model")
     p.add_argument("qdq", help="the quantized (Q/DQ) model compiled from it")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for report.html, report.md, report.json")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder for report.html, report.md, report.json")
     _add_calib_args(p)
     p.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time sensitivity scan")
     p.add_argument("--no-plots", action="store_true", help="skip matplotlib plots")
@@ -285,7 +286,7 @@ def cmd_passes(args) -> int:
         specs = option_specs(target.Options)
         if args.json:
             d: dict[str, Any] = {"name": args.name, "kind": "pipeline" if isinstance(target, NamedPipeline) else "pass",
-                                 "summary": target.summary() if not isinstance(target, NamedPipeline) else target.summary,
+                                 "summary": target.summary if isinstance(target, NamedPipeline) else target.summary(),
                                  "options": [{"name": s.name, "type": s.type_name(), "default": _jsonable(s.default),
                                               "help": s.help} for s in specs]}
             if not isinstance(target, NamedPipeline):

@@ -16,7 +16,8 @@ def run_demo(model: str = "resnet", pipeline: str = "trt-int8", workdir: str | N
         from .zoo import digits, zoo
     except ImportError as exc:  # torch / scikit-learn missing
         raise QCompilerError(f"the demo builds its model with torch and scikit-learn ({exc.name} is missing)",
-                             code="QC601", hint="pip install 'qcompiler[torch]' (install torch==2.13.0 first)") from None
+                             code="QC601",
+                             hint="pip install 'qcompiler[torch]' (install torch==2.13.0 first)") from None
     from .api import compile_model
     from .ir.runtime import Session
     from .quant.lint import lint_model

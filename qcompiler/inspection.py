@@ -62,7 +62,8 @@ class ModelInfo:
         q = self.qdq
         lines.append(f"  Q/DQ: {q['quantize']} QuantizeLinear, {q['dequantize']} DequantizeLinear"
                      + (f" ({', '.join(f'{k} {v}' for k, v in q['dtypes'].items())})" if q["dtypes"] else ""))
-        lines.append("  ops: " + ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items(), key=lambda kv: (-kv[1], kv[0]))))
+        ops = sorted(self.ops.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("  ops: " + ", ".join(f"{k} {v}" for k, v in ops))
         return "\n".join(lines)
 
 

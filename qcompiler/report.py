@@ -363,7 +363,8 @@ def _html(summary: dict, images: dict[str, str]) -> str:
     top1 = f"<li>top-1: {summary['top1']:.2f}%</li>" if summary.get("top1") is not None else ""
     recipe = ""
     if summary.get("recipe"):
-        recipe = "<h2>Recipe used</h2><pre>" + e(json.dumps(summary["recipe"], indent=2, default=str)[:20000]) + "</pre>"
+        text = json.dumps(summary["recipe"], indent=2, default=str)[:20000]
+        recipe = "<h2>Recipe used</h2><pre>" + e(text) + "</pre>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>qcompiler report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}} td,th{{padding:2px 10px;text-align:left}}
 tr:nth-child(even){{background:#f3f3f3}} img{{max-width:100%}} code{{font-size:90%}}</style></head><body>
@@ -374,7 +375,8 @@ tr:nth-child(even){{background:#f3f3f3}} img{{max-width:100%}} code{{font-size:9
 <li>worst layers: {', '.join('<code>' + e(w) + '</code>' for w in summary['worst_layers'])}</li>
 <li>time: {summary['seconds']} s</li></ul>
 {img}
-<h2>Layers (worst first)</h2><table><tr><th>layer</th><th>SQNR dB</th><th>only-this-layer output SQNR dB</th></tr>{rows}</table>
+<h2>Layers (worst first)</h2><table><tr><th>layer</th><th>SQNR dB</th>
+<th>only-this-layer output SQNR dB</th></tr>{rows}</table>
 {recipe}
 </body></html>
 """

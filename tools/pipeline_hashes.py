@@ -33,7 +33,8 @@ def _sha(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def run(models: list[str], pipelines: list[str], samples: int, variants: list[str] = ()) -> dict[str, dict[str, str | None]]:
+def run(models: list[str], pipelines: list[str], samples: int,
+        variants: list[str] = ()) -> dict[str, dict[str, str | None]]:
     import qcompiler as qc
     from qcompiler.zoo import zoo
 

@@ -31,7 +31,8 @@ def deep_resnet(k: int, path: str, width: int = 16, image: int = 32, seed: int =
         nodes.append(helper.make_node("Conv", [x, w], [c], name=c, kernel_shape=[kk, kk], strides=[stride, stride],
                                       pads=[kk // 2] * 4))
         b = name("bn")
-        nodes.append(helper.make_node("BatchNormalization", [c, const(gamma * (1 + 0.1 * rng.standard_normal(cout)), "g"),
+        g = const(gamma * (1 + 0.1 * rng.standard_normal(cout)), "g")
+        nodes.append(helper.make_node("BatchNormalization", [c, g,
                                                              const(0.1 * rng.standard_normal(cout), "b"),
                                                              const(0.1 * rng.standard_normal(cout), "m"),
                                                              const(1 + 0.1 * rng.random(cout), "v")], [b], name=b))

@@ -49,7 +49,8 @@ def _key(name: str) -> str:
 def check_supported(graph: gs.Graph) -> None:
     if len(list(iter_graphs(graph))) > 1:
         n = next(n for n in graph.nodes if any(isinstance(v, gs.Graph) for v in n.attrs.values()) or
-                 any(isinstance(v, (list, tuple)) and any(isinstance(x, gs.Graph) for x in v) for v in n.attrs.values()))
+                 any(isinstance(v, (list, tuple)) and any(isinstance(x, gs.Graph) for x in v)
+                     for v in n.attrs.values()))
         raise BridgeError(f"the torch bridge does not run subgraphs ({n.op})", node=n.name, code="QC602",
                           hint="fine-tuning needs a graph without If/Loop/Scan")
     for n in graph.nodes:

@@ -11,11 +11,12 @@ from onnx_graphsurgeon.logger import G_LOGGER as _G_LOGGER
 _ort.set_default_logger_severity(4)  # onnxruntime logs are noise: its errors reach users as diagnostics
 _G_LOGGER.severity = _G_LOGGER.ERROR
 
-from .io import (ModelMeta, copy_graph, export_model, get_meta, import_model, iter_graphs, load_model,
-                 name_unnamed_nodes, read_model_proto, save_model, serialize_for_runtime)
-from .shapes import fix_input_shapes, infer_shapes, parse_input_shapes
-from .text import graph_to_text
-from .verify import structural_problems, verify_graph
+# imported after the loggers are silenced (E402)
+from .io import (ModelMeta, copy_graph, export_model, get_meta, import_model, iter_graphs,  # noqa: E402
+                 load_model, name_unnamed_nodes, read_model_proto, save_model, serialize_for_runtime)
+from .shapes import fix_input_shapes, infer_shapes, parse_input_shapes  # noqa: E402
+from .text import graph_to_text  # noqa: E402
+from .verify import structural_problems, verify_graph  # noqa: E402
 
 __all__ = [
     "ModelMeta", "copy_graph", "export_model", "get_meta", "import_model", "iter_graphs", "load_model",

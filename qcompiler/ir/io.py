@@ -168,7 +168,8 @@ def read_model_proto(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
-def _resolve_external(model: onnx.ModelProto, base_dir: Path, source: str) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
+def _resolve_external(model: onnx.ModelProto, base_dir: Path,
+                      source: str) -> tuple[dict[str, tuple[str, int, int]], set[str]]:
     """Map tensor name -> (absolute file, offset, length) for every external tensor; check the files."""
     resolved: dict[str, tuple[str, int, int]] = {}
     files: set[str] = set()
@@ -198,7 +199,10 @@ def _resolve_external(model: onnx.ModelProto, base_dir: Path, source: str) -> tu
         expected = (n * itemsize) if itemsize else None
         if t.data_type in _INT4_TYPES:
             expected = (n + 1) // 2
-        length = int(info["length"]) if "length" in info else (expected if expected is not None else f.stat().st_size - offset)
+        if "length" in info:
+            length = int(info["length"])
+        else:
+            length = expected if expected is not None else f.stat().st_size - offset
         if offset + length > f.stat().st_size:
             raise ModelLoadError(
                 f"external data file '{loc}' is too short for tensor '{t.name}' (needs {offset + length} bytes, "
@@ -275,7 +279,8 @@ def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None =
         graph = gs.import_onnx(model)
     except Exception as exc:  # graphsurgeon raises plain exceptions on malformed graphs
         raise ModelLoadError(f"cannot import the graph of '{source or '<model>'}': {exc}", location=source,
-                             hint="run `python -c \"import onnx; onnx.checker.check_model('MODEL')\"` for details") from None
+                             hint="run `python -c \"import onnx; onnx.checker.check_model('MODEL')\"` for "
+                                  "details") from None
     if ext:
         _attach_external(graph, ext)
     meta = ModelMeta(

@@ -165,12 +165,13 @@ class Reproducer(Instrument):
                                 "calibration_data": location if data is not None else None}
         (self.dir / "failure.json").write_text(json.dumps(info, indent=2) + "\n")
         line = " ".join(shlex.quote(c) for c in cmd)
-        (self.dir / "replay.sh").write_text('#!/bin/sh\n# replays the failure from this folder\ncd "$(dirname "$0")" && '
-                                            + line + "\n")
+        (self.dir / "replay.sh").write_text(
+            '#!/bin/sh\n# replays the failure from this folder\ncd "$(dirname "$0")" && ' + line + "\n")
         os.chmod(self.dir / "replay.sh", 0o755)
         notes = []
         if manifest["not_saved"]:
-            notes.append("state not saved (recomputed by earlier passes if needed): " + ", ".join(manifest["not_saved"]))
+            notes.append("state not saved (recomputed by earlier passes if needed): "
+                         + ", ".join(manifest["not_saved"]))
         if data is not None and location is None:
             notes.append("the calibration data was a Python object: pass it again with --calib-data")
         (self.dir / "README.txt").write_text(

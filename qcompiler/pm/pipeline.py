@@ -230,7 +230,8 @@ def _resolve(raw: _Raw, text: str, reg: Registry) -> Element:
         steps = REPEAT_DEFAULT_STEPS
         for key, kpos, val, vpos in raw.options:
             if key.replace("_", "-") != "max-steps":
-                raise OptionError(f"unknown option '{key}' for 'repeat' at column {kpos + 1}" + caret(text, kpos, len(key)),
+                raise OptionError(f"unknown option '{key}' for 'repeat' at column {kpos + 1}"
+                                  + caret(text, kpos, len(key)),
                                   code="QC103", hint="repeat takes max-steps=N")
             try:
                 steps = int(val)
@@ -244,7 +245,8 @@ def _resolve(raw: _Raw, text: str, reg: Registry) -> Element:
         return RepeatSpec(tuple(_resolve(r, text, reg) for r in raw.body), steps)
     if raw.body is not None:
         raise PipelineSyntaxError(f"only 'repeat' takes a parenthesised body, not '{raw.name}' (column "
-                                  f"{raw.body_pos + 1})" + caret(text, raw.body_pos), hint="write repeat{max-steps=N}(...)")
+                                  f"{raw.body_pos + 1})" + caret(text, raw.body_pos),
+                                  hint="write repeat{max-steps=N}(...)")
     try:
         target = reg.lookup(raw.name)
     except UnknownPassError as exc:

@@ -183,7 +183,8 @@ class Emitter:
 
     # -- nodes -------------------------------------------------------------------------------
     def _qdq(self, x: gs.Tensor, q: QParams, base: str, *, axis: int | None = None,
-             block_size: int | None = None, quantize: bool = True, stored: np.ndarray | None = None) -> tuple[list[gs.Node], gs.Variable]:
+             block_size: int | None = None, quantize: bool = True,
+             stored: np.ndarray | None = None) -> tuple[list[gs.Node], gs.Variable]:
         scale = constant(self.names(base + "_scale"), q.scale)
         zp = constant(self.names(base + "_zero_point"), q.zero_point)
         attrs: dict[str, Any] = {}

@@ -113,7 +113,8 @@ class _Linter:
             self.err("L2", None, f"{what} needs opset >= {need}; the model is opset {self.opset}",
                      f"convert the model to opset {need} (onnx.version_converter) before quantizing")
         if self.opset > 25:
-            self.err("L2", None, f"opset {self.opset} is newer than TensorRT 11 parses (<= 25)", "export at opset <= 25")
+            self.err("L2", None, f"opset {self.opset} is newer than TensorRT 11 parses (<= 25)",
+                     "export at opset <= 25")
         if meta.ir_version and meta.ir_version > 13:
             self.err("L2", None, f"ir_version {meta.ir_version} is newer than TensorRT 11 and onnxruntime read (<= 13)",
                      "set model.ir_version = 10 (or save through qcompiler)")
@@ -399,7 +400,8 @@ class _Linter:
                 for c in n.outputs[0].outputs:
                     if c.op == "QuantizeLinear":
                         self.note("L22", c.name, f"Q/DQ on the output of {n.op} (TensorRT keeps it in higher precision "
-                                                 "unless it is the fp8 MHA pattern)", "keep transformer non-linearities "
+                                                 "unless it is the fp8 MHA pattern)",
+                                  "keep transformer non-linearities "
                                                                                        "float")
 
     def _concat_scales(self, n: gs.Node) -> None:

@@ -182,7 +182,8 @@ def parse_qspec(data: Any, where: str, *, weight: bool) -> QSpec | None:
 
             close = difflib.get_close_matches(observer, OBSERVERS, n=1)
             raise RecipeError(f"{where}: unknown observer '{data.get('observer')}'",
-                              hint=(f"did you mean '{close[0]}'? " if close else "") + "observers: " + ", ".join(OBSERVERS))
+                              hint=(f"did you mean '{close[0]}'? " if close else "") + "observers: "
+                              + ", ".join(OBSERVERS))
     opts = []
     for key in ("percentile", "bins", "averaging_constant", "averaging-constant", "range_method", "range-method"):
         if key in data:

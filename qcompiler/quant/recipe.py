@@ -257,7 +257,8 @@ def from_data(data: Any, where: str = "recipe") -> Recipe:
         if key not in OPTION_KEYS:
             close = difflib.get_close_matches(key, list(OPTION_KEYS), n=1)
             raise RecipeError(f"{where}.options: unknown option '{k}'",
-                              hint=(f"did you mean '{close[0]}'? " if close else "") + "options: " + ", ".join(OPTION_KEYS))
+                              hint=(f"did you mean '{close[0]}'? " if close else "") + "options: "
+                              + ", ".join(OPTION_KEYS))
         if not isinstance(v, bool):
             raise RecipeError(f"{where}.options.{k}: expected true or false, not {v!r}")
         r.options[key] = v

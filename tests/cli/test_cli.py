@@ -148,7 +148,8 @@ def test_bad_input_matrix(model, calib, tmp_path, capsys):
     # pipelines
     _bad(["compile", str(model), "-o", out, "--pipeline", "fold-bn,clee"], capsys, 2, "did you mean 'cle'", out, model)
     _bad(["compile", str(model), "-o", out, "--pipeline", "cle{max-iters=x}"], capsys, 2, "expected an integer", out)
-    _bad(["compile", str(model), "-o", out, "--pipeline", "cle{max-iter=3}"], capsys, 2, "did you mean 'max-iters'", out)
+    _bad(["compile", str(model), "-o", out, "--pipeline", "cle{max-iter=3}"], capsys, 2,
+         "did you mean 'max-iters'", out)
     _bad(["compile", str(model), "-o", out, "--pipeline", "fold-bn,,cle"], capsys, 2, "expected a pass name", out)
     _bad(["compile", str(model), "-o", out, "--pipeline", "calibrate,cle,insert-qdq", "--calib-data", str(calib)],
          capsys, 2, "invalidates", out)

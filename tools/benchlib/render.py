@@ -1,0 +1,144 @@
+"""Markdown for the benchmark's results: one table per section, described as columns."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+Cell = Callable[[dict], str]
+
+
+def fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def col(key: str, nd: int = 2, code: bool = False) -> Cell:
+    """A cell showing ``row[key]`` (numbers with ``nd`` decimals; ``code``: in backticks)."""
+    def cell(r: dict) -> str:
+        v = fmt(r.get(key), nd)
+        return f"`{v}`" if code and v != "-" else v
+    return cell
+
+
+def lint(r: dict) -> str:
+    return f"{r.get('lint_errors', '-')}/{r.get('lint_warnings', '-')}"
+
+
+def table(out: list[str], title: str, columns: list[tuple[str, Cell]], rows: list[dict], *, keys: int,
+          intro: str = "") -> None:
+    """A titled table; a failed row keeps its first ``keys`` cells and says why in the next one."""
+    out += [f"### {title}", ""]
+    if intro:
+        out += [intro, ""]
+    out += ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        cells = [fn(r) for _, fn in columns]
+        if not r.get("ok", True):
+            cells = cells[:keys] + [f"failed: {str(r.get('error', '?'))[:90]}"] + [""] * (len(columns) - keys - 1)
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+
+
+def _accuracy(out: list[str], res: dict, rows: list[dict]) -> None:
+    def q(r):  # the fp32 reference row has only a latency
+        return r["tool"] != "fp32"
+
+    table(out, "Accuracy (digits test split, 540 images; SQNR of the logits vs FP32)", [
+        ("model", col("model")), ("tool", col("tool")), ("method", lambda r: f"`{r['method']}`" if q(r) else "-"),
+        ("top-1 FP32", lambda r: fmt(r.get("top1_fp32")) if q(r) else ""),
+        ("top-1", lambda r: fmt(r.get("top1")) if q(r) else ""),
+        ("SQNR dB", lambda r: fmt(r.get("sqnr_db"), 1) if q(r) else ""),
+        ("Q", lambda r: str(r.get("q", "-")) if q(r) else ""), ("DQ", lambda r: str(r.get("dq", "-")) if q(r) else ""),
+        ("lint err/warn", lambda r: lint(r) if q(r) else ""), ("ORT ms (batch 8)", col("latency_ms_b8", 3)),
+        ("wall s", lambda r: fmt(r.get("wall_s")) if q(r) else ""),
+        ("peak RSS MiB", lambda r: fmt(r.get("peak_rss_mib"), 0) if q(r) else "")], rows, keys=3)
+    if "modelopt" in res:
+        out += [f"NVIDIA ModelOpt: skipped: {res['modelopt']}", ""]
+
+
+def _outlier(out: list[str], res: dict, rows: list[dict]) -> None:
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["tool"], r["method"]), {})[r["data"]] = \
+            r.get("sqnr_db") if r.get("ok", True) else None
+    merged = []
+    for (m, tool, meth), v in cells.items():
+        a, b = v.get("clean"), v.get("outlier")
+        merged.append({"model": m, "tool": tool, "method": meth, "clean": a, "outlier": b,
+                       "change": f"{b - a:+.1f}" if a is not None and b is not None else "-"})
+    table(out, "One outlier in the calibration set (image 17 of 256 scaled by 8; logits SQNR dB)", [
+        ("model", col("model")), ("tool", col("tool")), ("calibrator", col("method")), ("clean", col("clean", 1)),
+        ("with the outlier", col("outlier", 1)), ("change", col("change"))], merged, keys=3)
+
+
+def _calib(out: list[str], res: dict, rows: list[dict]) -> None:
+    table(out, "Calibration on the ResNet-50-sized model (224x224, batch 8)", [
+        ("samples", col("samples")), ("tool", col("tool")), ("method", col("method")), ("rounds", col("rounds")),
+        ("calibration s", col("calib_s")), ("plain inference s", col("plain_s")),
+        ("ratio", lambda r: f"**{fmt(r.get('ratio'))}**"), ("peak RSS MiB", col("peak_rss_mib", 0))], rows, keys=3,
+        intro="Calibration and plain inference alternate in one process; times and ratio are medians over the rounds "
+              "(ratios of every round in the JSON).  Peak RSS: after the first calibration.")
+
+
+def _cle(out: list[str], res: dict, data: dict) -> None:
+    out += ["### Cross-layer equalization", ""]
+    for entry in data["layers"]:
+        rep = entry["layers"]
+        sb = [x["spread_before"] for x in rep]
+        sa = [x["spread_after"] for x in rep]
+        out += [f"**{entry['model']}**: {len(rep)} layers; median channel-range ratio {np.median(sb):.1f} -> "
+                f"{np.median(sa):.1f}, max {max(sb):.1f} -> {max(sa):.1f}; mean per-tensor int8 weight SQNR "
+                f"{np.mean([x['sqnr_before'] for x in rep]):.1f} -> {np.mean([x['sqnr_after'] for x in rep]):.1f} dB",
+                ""]
+        shown = [dict(x, ok=True) for x in rep[:12]]
+        if len(rep) > 12:
+            shown.append({"layer": f"... {len(rep) - 12} more"})
+        table(out, f"{entry['model']}: per layer", [
+            ("layer", col("layer", code=True)), ("range ratio before", col("spread_before", 1)),
+            ("after", col("spread_after", 1)), ("int8 per-tensor SQNR before dB", col("sqnr_before", 1)),
+            ("after dB", col("sqnr_after", 1))], shown, keys=1)
+    table(out, "Per-tensor and 4-bit weights with and without CLE", [
+        ("model", col("model")), ("weights", col("weights")), ("pipeline", col("pipeline", code=True)),
+        ("top-1", col("top1")), ("SQNR dB", col("sqnr_db", 1))], data["accuracy"], keys=3)
+
+
+#: section -> (title, columns, key cells) for the plain one-row-per-measurement tables
+TABLES: dict[str, tuple[str, list[tuple[str, Cell]], int]] = {
+    "recovery": ("Accuracy recovery (digits test split)", [
+        ("model", col("model")), ("setting", col("setting")), ("pipeline", col("pipeline", code=True)),
+        ("top-1", col("top1")), ("SQNR dB", col("sqnr_db", 1)), ("fine-tuning s", col("finetune_s", 1)),
+        ("ms/iteration", col("finetune_ms_per_iter", 1)), ("lint err/warn", lint)], 3),
+    "arch": ("Architectures with random weights (32 calibration / 16 evaluation samples, standard normal; SQNR of "
+             "the outputs vs FP32)", [
+        ("model", col("model")), ("tool", col("tool")), ("method", col("method", code=True)),
+        ("SQNR dB", col("sqnr_db", 1)), ("Q", col("q")), ("DQ", col("dq")), ("lint err/warn", lint),
+        ("wall s", col("wall_s")), ("peak RSS MiB", col("peak_rss_mib", 0))], 3),
+    "compile": ("Compile time without calibration (statistics cached), trt-int8", [
+        ("graph", col("graph")), ("nodes after", col("nodes")), ("passes s", col("passes_s", 3)),
+        ("total s (load + passes + save)", col("total_s", 3)), ("peak RSS MiB", col("peak_rss_mib", 0))], 1),
+    "latency": ("onnxruntime CPU latency (ORT_ENABLE_ALL, median)", [
+        ("model", col("model")), ("batch", col("batch")), ("variant", col("variant")),
+        ("median ms", col("median_ms", 3))], 3),
+}
+
+#: sections rendered by a function of their own
+CUSTOM: dict[str, Callable[[list[str], dict, Any], None]] = {
+    "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle}
+
+
+def render(res: dict) -> str:
+    out = [f"Machine: {res['machine']}", "",
+           "Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()), "",
+           f"Command: `{res['command']}`", ""]
+    for name, data in res["sections"].items():
+        if name in CUSTOM:
+            CUSTOM[name](out, res, data)
+        elif name in TABLES:
+            title, columns, keys = TABLES[name]
+            table(out, title, columns, data, keys=keys)
+    return "\n".join(out)

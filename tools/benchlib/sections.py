@@ -1,0 +1,314 @@
+"""The benchmark's sections: what is measured, on which models, with which tools.  Each section fills
+``results["sections"][name]`` with rows (one measurement each, from its own process); ``render.py`` turns
+them into tables."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import (ARCHS, DIGITS, MODELOPT_PY, QUICK_DIGITS, eval_model, log, machine, model_facts,
+                     modelopt_available, tag, versions)
+from .workers import run_task
+
+#: every section, in the default order
+SECTIONS: dict[str, str] = {}
+
+
+def section(name: str):
+    def deco(fn):
+        SECTIONS[name] = fn.__name__
+        return fn
+    return deco
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.workdir or tempfile.mkdtemp(prefix="qc-bench-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {"versions": versions(), "machine": machine(), "command": " ".join(sys.argv),
+                              "quick": args.quick, "sections": {}}
+        from qcompiler.zoo import zoo
+
+        self.zoo = zoo
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def prepped(self, name: str) -> str:
+        return str(self.zoo.onnx_path(name))
+
+    def calib(self, name: str, n: int) -> str:
+        return str(self.zoo.calibration_npz(name, n))
+
+    def eval_npz(self, name: str, n: int = 16) -> str:
+        p = self.work / f"eval-{name}-{n}.npz"
+        if not p.exists():
+            entry = self.zoo.get(name)
+            x = np.random.default_rng(123).standard_normal((n,) + entry.input_shape).astype(np.float32)
+            np.savez(p, input=x)
+        return str(p)
+
+    # -- one measurement each -------------------------------------------------------------------
+    def with_latency(self, row: dict, model: str, shape=(1, 16, 16), batch: int = 8) -> dict:
+        """Add the onnxruntime CPU latency (median ms, own process) of a tool's output to its row."""
+        if row.get("ok"):
+            lat = run_task({"kind": "latency", "model": model, "batch": batch, "shape": list(shape),
+                            "runs": 20 if self.args.quick else 200})
+            row["latency_ms_b8"] = lat.get("median_ms")
+        return row
+
+    def qc(self, what: str, src: str, pipeline: str, calib: str, *, digits: bool = True, stem: str = "",
+           **task) -> tuple[dict, str]:
+        """qcompiler compile in its own process; returns (result row, output path)."""
+        log(f"[{what}] qcompiler {pipeline}")
+        out = str(self.work / f"{stem or what}-{tag(src + pipeline + str(task))}.onnx")
+        return run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib,
+                         "digits": digits, **task}), out
+
+    def ort(self, what: str, src: str, method: str, calib: str, *, digits: bool = True, **task) -> tuple[dict, str]:
+        """onnxruntime.quantization.quantize_static in its own process."""
+        log(f"[{what}] onnxruntime.quantization {method} {task.get('config', '')}")
+        out = str(self.work / f"{what}-ort-{tag(src + method + str(task))}.onnx")
+        return run_task({"kind": "ort", "src": src, "out": out, "method": method, "calib": calib, "digits": digits,
+                         **task}), out
+
+    def modelopt(self, what: str, src: str, method: str, calib: str, *, digits: bool = True,
+                 eval_npz: str | None = None) -> tuple[dict, str] | None:
+        """NVIDIA ModelOpt ONNX PTQ in its own virtualenv (None, with the reason recorded, when it is absent)."""
+        ok, why = modelopt_available()
+        if not ok:
+            self.results["modelopt"] = why
+            return None
+        log(f"[{what}] modelopt {method}")
+        out = str(self.work / f"{what}-mo-{tag(src + method)}.onnx")
+        r = run_task({"kind": "modelopt", "src": src, "out": out, "method": method, "calib": calib},
+                     python=MODELOPT_PY)
+        if r.get("ok"):
+            try:
+                r.update(eval_model(src, out, digits, eval_npz))
+                r.update(model_facts(out))
+            except Exception as exc:
+                r.update(ok=False, error=f"evaluating ModelOpt's output failed: {exc}")
+        return r, out
+
+    # -- sections -------------------------------------------------------------------------------
+    @section("accuracy")
+    def accuracy(self) -> None:
+        models = self.args.models or (QUICK_DIGITS if self.args.quick else DIGITS)
+        qc_pipes = ["trt-int8", "trt-int8{calib=entropy}", "trt-int8{calib=mse}", "trt-int8{calib=min_max}",
+                    "trt-int8{cle=true}"]
+        if self.args.quick:
+            qc_pipes = ["trt-int8", "trt-int8{calib=entropy}"]
+        ort_runs = [("minmax", None), ("entropy", None), ("percentile", None), ("minmax", "u8s8")]
+        if self.args.quick:
+            ort_runs = [("minmax", None), ("percentile", None), ("minmax", "u8s8")]
+        rows = []
+        for m in models:
+            src, cal = self.prepped(m), self.calib(m, 256)
+            rows.append({"model": m, "tool": "fp32", "method": "-", **self.with_latency({"ok": True}, src)})
+            for p in qc_pipes:
+                r, out = self.qc(f"accuracy {m}", src, p, cal, stem=f"acc-{m}")
+                rows.append({"model": m, "tool": "qcompiler", "method": p, **self.with_latency(r, out)})
+            for meth, cfg in ort_runs:
+                r, out = self.ort(f"acc-{m}", src, meth, cal, config=cfg)
+                label = meth + (f" {cfg}" if cfg else "")
+                rows.append({"model": m, "tool": "ort.quantize_static", "method": label, **self.with_latency(r, out)})
+            for meth in ("max", "entropy"):
+                got = self.modelopt(f"acc-{m}", src, meth, cal)
+                if got is None:
+                    break
+                rows.append({"model": m, "tool": "modelopt", "method": meth, **self.with_latency(*got)})
+        self.results["sections"]["accuracy"] = rows
+
+    @section("outlier")
+    def outlier(self) -> None:
+        """How much one bad calibration image costs each calibrator (1 of 256 images scaled by 8)."""
+        models = self.args.models or (["resnet"] if self.args.quick else QUICK_DIGITS)
+        rows = []
+        for m in models:
+            src, cal = self.prepped(m), self.calib(m, 256)
+            bad = self.work / f"calib-{m}-256-outlier.npz"
+            x = np.load(cal)["input"].copy()
+            x[17] *= 8.0
+            np.savez(bad, input=x)
+            for data, path in (("clean", cal), ("outlier", str(bad))):
+                for meth in ("min_max", "percentile", "entropy", "mse"):
+                    r, _ = self.qc(f"outlier {m} {data}", src, f"trt-int8{{calib={meth}}}", path, stem=f"out-{m}")
+                    rows.append({"model": m, "data": data, "tool": "qcompiler", "method": meth, **r})
+                for meth in ("minmax", "percentile"):
+                    r, _ = self.ort(f"out-{m}-{data}", src, meth, path)
+                    rows.append({"model": m, "data": data, "tool": "ort.quantize_static", "method": meth, **r})
+        self.results["sections"]["outlier"] = rows
+
+    @section("recovery")
+    def recovery(self) -> None:
+        models = self.args.models or (QUICK_DIGITS if self.args.quick else DIGITS)
+        pipes = ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}",
+                 "trt-int8{bias-correct=true}", "trt-int8{calib=min_max bias-correct=true}",
+                 "trt-int8{finetune=adaround}", "trt-int8{finetune=lsq}", "trt-int8{target-sqnr=40}"]
+        if self.args.quick:
+            pipes = ["trt-int8", "trt-int8{bias-correct=true}", "trt-int8{finetune=lsq}"]
+        w4 = self.work / "w4.yaml"
+        w4.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
+        pt = self.work / "pt8.yaml"
+        pt.write_text("global:\n  weight: {dtype: s8, qscheme: per_tensor_symmetric}\n")
+        plans = [("int8", None, pipes),
+                 ("W4A8", str(w4), ["trt-int8", "trt-int8{bias-correct=true}", "trt-int8{finetune=adaround}",
+                                    "trt-int8{finetune=lsq}"])]
+        rows = []
+        for m in models:
+            for setting, cfg, ps in plans:
+                for p in ps:
+                    r, _ = self.qc(f"recovery {m} {setting}", self.prepped(m), p, self.calib(m, 256), config=cfg,
+                                   stem=f"rec-{m}")
+                    rows.append({"model": m, "setting": setting, "pipeline": p, **r})
+        for p in ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}", "trt-int8{finetune=lsq}",
+                  "trt-int8{cle=true finetune=lsq}"]:
+            r, _ = self.qc("recovery mobilenetv2 per-tensor int8 weights", self.prepped("mobilenetv2"), p,
+                           self.calib("mobilenetv2", 256), config=str(pt), stem="rec-pt")
+            rows.append({"model": "mobilenetv2", "setting": "int8 per-tensor weights", "pipeline": p, **r})
+        self.results["sections"]["recovery"] = rows
+
+    @section("arch")
+    def arch(self) -> None:
+        """Recovery pipelines and the other tools on the random-weight architectures (output SQNR only)."""
+        models = self.args.models or (["resnet18"] if self.args.quick else ARCHS)
+        pipes = ["trt-int8", "trt-int8{cle=true}", "trt-int8{cle=true bias-correct=true}",
+                 "trt-int8{bias-correct=true}", "trt-int8{target-sqnr=40}"]
+        if self.args.quick:
+            pipes = ["trt-int8", "trt-int8{bias-correct=true}"]
+        rows = []
+        for m in models:
+            src, cal, ev = self.prepped(m), self.calib(m, 32), self.eval_npz(m, 16)
+            for p in pipes:
+                r, _ = self.qc(f"arch {m}", src, p, cal, digits=False, eval_npz=ev, stem=f"arch-{m}")
+                rows.append({"model": m, "tool": "qcompiler", "method": p, **r})
+            for meth in ("minmax", "entropy", "percentile"):
+                r, _ = self.ort(f"arch-{m}", src, meth, cal, digits=False, eval_npz=ev)
+                rows.append({"model": m, "tool": "ort.quantize_static", "method": meth, **r})
+            for meth in ("max", "entropy"):
+                got = self.modelopt(f"arch-{m}", src, meth, cal, digits=False, eval_npz=ev)
+                if got is None:
+                    break
+                rows.append({"model": m, "tool": "modelopt", "method": meth, **got[0]})
+        self.results["sections"]["arch"] = rows
+
+    @section("calib")
+    def calib_scaling(self) -> None:
+        name = "resnet50"
+        counts = [32, 64] if self.args.quick else [64, 256, 512]
+        rounds = 1 if self.args.quick else 3  # median of alternating calibration / plain-inference rounds
+        src = self.work / "resnet50-bnfold.onnx"
+        if not src.exists():
+            from qcompiler.api import compile_model
+
+            compile_model(str(self.zoo.onnx_path(name)), str(src), "cleanup,fold-constants,fold-bn,cleanup")
+        ours = ["min_max", "entropy", "percentile"] if not self.args.quick else ["min_max", "percentile"]
+        theirs = ["minmax", "entropy", "percentile"] if not self.args.quick else ["minmax", "percentile"]
+        rows = []
+        for n in counts:
+            cal = self.calib(name, n)
+            for meth in ours:
+                log(f"[calib] resnet50 n={n} qcompiler {meth}")
+                rows.append({"samples": n, "tool": "qcompiler", "method": meth,
+                             **run_task({"kind": "qc_calib", "src": str(src), "calib": cal, "method": meth,
+                                         "rounds": rounds})})
+            for meth in theirs:
+                if meth != "minmax" and n > 256 and not self.args.big_ort:
+                    rows.append({"samples": n, "tool": "ort", "method": meth, "ok": False,
+                                 "error": "skipped: grows ~29 MiB per sample (see 256); --big-ort runs it"})
+                    continue
+                log(f"[calib] resnet50 n={n} onnxruntime {meth}")
+                rows.append({"samples": n, "tool": "ort", "method": meth,
+                             **run_task({"kind": "ort_calib", "src": str(src), "calib": cal, "method": meth,
+                                         "rounds": rounds if meth == "minmax" else 1})})
+        self.results["sections"]["calib"] = rows
+
+    @section("compile")
+    def compile_time(self) -> None:
+        from tools_graphs import deep_resnet  # tools/ is on sys.path
+
+        from qcompiler.ir import load_model
+
+        factors = [1, 4] if self.args.quick else [1, 4, 16]
+        graphs = [("resnet50", str(self.zoo.onnx_path("resnet50")))]
+        for k in factors:
+            p = self.work / f"deep-{k}.onnx"
+            if not p.exists():
+                deep_resnet(k, str(p))
+            graphs.append((f"deep-resnet x{k}", str(p)))
+        rows = []
+        for label, path in graphs:
+            cal = self.work / f"cal-{Path(path).stem}.npz"
+            shape = [int(d) if isinstance(d, int) else 1 for d in load_model(path).inputs[0].shape]
+            np.savez(cal, input=np.random.default_rng(0).standard_normal([2] + shape[1:]).astype(np.float32))
+            stem = Path(path).stem
+            task = {"kind": "compile_only", "src": path, "out": str(self.work / f"compiled-{stem}.onnx"),
+                    "pipeline": "trt-int8", "calib": str(cal), "cache": str(self.work / f"cache-{stem}.json")}
+            run_task(task)  # fills the cache
+            log(f"[compile] {label}")
+            rows.append({"graph": label, **run_task(task)})
+        self.results["sections"]["compile"] = rows
+
+    @section("latency")
+    def latency(self) -> None:
+        models = [("resnet", [1, 16, 16], True), ("mobilenetv2", [1, 16, 16], True)]
+        if not self.args.quick:
+            models.append(("resnet50", [3, 224, 224], False))
+        rows = []
+        for name, shape, digits_model in models:
+            src = self.prepped(name)
+            cal = self.calib(name, 64 if digits_model else 32)
+            variants = {"fp32": src}
+            for pipe in ("trt-int8", "ort-int8"):
+                r, out = self.qc(f"latency {name}", src, pipe, cal, digits=digits_model, eval=False, stem=f"lat-{name}")
+                if r.get("ok"):
+                    variants[f"qcompiler {pipe}"] = out
+            for cfg, label in (("s8s8", "ort.quantize_static"), ("u8s8", "ort.quantize_static u8s8")):
+                r, out = self.ort(f"lat-{name}", src, "minmax", cal, digits=digits_model, eval=False, config=cfg)
+                if r.get("ok"):
+                    variants[label] = out
+            for batch in (1, 8):
+                for label, path in variants.items():
+                    log(f"[latency] {name} b={batch} {label}")
+                    runs = (10 if self.args.quick else 30) * (1 if name == "resnet50" else 10)  # sub-ms models: more
+                    r = run_task({"kind": "latency", "model": path, "batch": batch, "shape": shape, "runs": runs})
+                    rows.append({"model": name, "batch": batch, "variant": label, **r})
+        self.results["sections"]["latency"] = rows
+
+    @section("cle")
+    def cle(self) -> None:
+        from qcompiler.ir import load_model
+        from qcompiler.passes.cle import CLEReport
+        from qcompiler.pm import PassContext, run_pipeline
+
+        layers = []
+        for name in ("mobilenetv2", "mobilenetv2-full"):
+            g = load_model(self.zoo.onnx_path(name))
+            ctx = PassContext()
+            run_pipeline(g, "fold-bn,merge-conv1x1,cle{measure=true}", ctx)
+            layers.append({"model": name, "layers": ctx.state.require(CLEReport).layers})
+        acc = []
+        for m in ("mobilenetv2", "resnet"):
+            for dtype in ("s8", "s4"):
+                for scheme in ("per_tensor_symmetric", "per_channel_symmetric"):
+                    cfg = self.work / f"w-{dtype}-{scheme}.yaml"
+                    cfg.write_text(f"global:\n  weight: {{dtype: {dtype}, qscheme: {scheme}}}\n")
+                    for pipe in ("trt-int8", "trt-int8{cle=true}"):
+                        r, _ = self.qc(f"cle {m} {dtype} {scheme}", self.prepped(m), pipe, self.calib(m, 256),
+                                       config=str(cfg), stem=f"cle-{m}")
+                        acc.append({"model": m, "weights": f"{dtype} {scheme}", "pipeline": pipe, **r})
+        self.results["sections"]["cle"] = {"layers": layers, "accuracy": acc}
+
+    def run(self) -> dict:
+        for s in self.args.sections.split(","):
+            if s not in SECTIONS:
+                raise SystemExit(f"unknown section '{s}' (sections: {', '.join(SECTIONS)})")
+            t0 = time.perf_counter()
+            getattr(self, SECTIONS[s])()
+            log(f"[{s}] {time.perf_counter() - t0:.0f} s")
+        return self.results
