@@ -109,7 +109,7 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
                        progress=progress, threads=threads, allow_random_calibration=allow_random_calibration,
                        calib_options=calib_options)
     if state is not None:
-        ctx.state, saved_facts = StateStore.load(state)
+        ctx.state, saved_facts = StateStore.load(Path(state))
         ctx.facts |= saved_facts
     graph = load_model(input_path)
     verify_graph(graph)

@@ -13,7 +13,7 @@ import os
 import sys
 import textwrap
 import traceback
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .diagnostics import (Diagnostic, DiagnosticEngine, QCompilerError, Severity, UsageError, render_json,
                           render_text)
@@ -66,7 +66,7 @@ EXAMPLES = {
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 on usage errors; keep that, add a hint
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors; keep that, add a hint
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}\n  hint: run `{self.prog} --help` for examples", file=sys.stderr)
         sys.exit(2)

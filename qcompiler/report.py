@@ -252,11 +252,9 @@ def _activation_histograms(ref: gs.Graph, qdq: gs.Graph, data, worst: list[str])
     nodes = {n.name: n for n in qdq.nodes}
     for name in worst:
         n = nodes.get(name)
-        if n is None or produced_by(n.inputs[0], "DequantizeLinear") is None:
-            continue
-        dq = producer(n.inputs[0])
-        q = producer(dq.inputs[0])
-        if q is None or q.op != "QuantizeLinear":
+        dq = produced_by(n.inputs[0], "DequantizeLinear") if n is not None else None
+        q = produced_by(dq.inputs[0], "QuantizeLinear") if dq is not None else None
+        if q is None:
             continue
         t = q.inputs[0].name
         scale = float(np.asarray(const_value(q.inputs[1])).reshape(-1)[0])

@@ -44,6 +44,8 @@ def _shape_for(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.
 class FakeQuant(torch.nn.Module):
     """One Q->DQ pair (activation) or DQ of a stored weight (``weight`` mode, see WeightFakeQuant)."""
 
+    zero_point: torch.Tensor  # a buffer
+
     def __init__(self, name: str, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
                  fp8: bool = False):
         super().__init__()
@@ -63,7 +65,7 @@ class FakeQuant(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
-        s = self.scale
+        s: torch.Tensor = self.scale
         if self.scale.requires_grad:
             s = grad_scale(s, 1.0 / math.sqrt(max(x.numel(), 1) * max(self.qmax, 1)))
         s = _shape_for(s, x, self.axis)
@@ -97,6 +99,8 @@ class WeightFakeQuant(torch.nn.Module):
 
     ``mode``: ``nearest`` (round half to even, STE), or ``adaround`` (learned up/down rounding)."""
 
+    zero_point: torch.Tensor  # a buffer
+
     def __init__(self, name: str, weight, scale, zero_point, qmin: int, qmax: int, axis: int | None,
                  block_size: int | None = None, fp8: bool = False):
         super().__init__()
@@ -125,10 +129,12 @@ class WeightFakeQuant(torch.nn.Module):
         self.mode = "adaround"
 
     def h(self) -> torch.Tensor:
+        if self.alpha is None:
+            raise RuntimeError("init_adaround() must run first")
         return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
     def forward(self) -> torch.Tensor:
-        s = self.scale
+        s: torch.Tensor = self.scale
         if self.scale.requires_grad:
             s = grad_scale(s, 1.0 / math.sqrt(max(self.weight.numel(), 1) * max(self.qmax, 1)))
         s = self._expand(s)

@@ -147,7 +147,7 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
         raise BridgeError("no quantized layer with a stored integer weight to round", code="QC603")
     feeds = [{k: torch.from_numpy(np.array(v)).to(dev) for k, v in b.items()} for b in batches]
     with torch.no_grad():
-        fp_out = {n.name: [] for n in layers}
+        fp_out: dict[str, list[Any]] = {n.name: [] for n in layers}
         for f in feeds:
             cap = teacher(f, capture={n.name for n in layers})["__captured__"]
             for n in layers:
@@ -228,7 +228,7 @@ def reference_graph(fp32: gs.Graph, qdq: gs.Graph, diagnostics: DiagnosticEngine
     folded weights and layer outputs line up with the QDQ graph."""
     from ..ir.io import get_meta
     from ..pm import PassContext, load_pipeline, run_pipeline
-    from ..pm.pipeline import PipelineSpec, RepeatSpec, expand
+    from ..pm.pipeline import Element, PipelineSpec, RepeatSpec, expand
     from ..pm.registry import default_registry
 
     text = get_meta(qdq).metadata_props.get("qcompiler.pipeline")
@@ -236,7 +236,7 @@ def reference_graph(fp32: gs.Graph, qdq: gs.Graph, diagnostics: DiagnosticEngine
         diagnostics.warning("QC603", "the quantized model records no qcompiler pipeline; its FP32 layers are "
                                      "matched to the given FP32 model by name only")
         return fp32
-    prefix = []
+    prefix: list[Element] = []
     for el in expand(load_pipeline(text)).elements:
         if isinstance(el, RepeatSpec):
             prefix.append(el)

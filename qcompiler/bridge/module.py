@@ -17,7 +17,7 @@ casts with weights as buffers).  Here:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from ..diagnostics import BridgeError
 from ..ir.edit import Namer
 from ..ir.io import iter_graphs
-from ..ir.query import const_value, produced_by
+from ..ir.query import const_value, produced_by, require_const
 from ..quant.qspec import dequantize_linear, storage_grid
 from ..quant.strip import dequantized_constant
 from .ops import OPS
@@ -69,9 +69,9 @@ def _zp_value(node: gs.Node) -> tuple[np.ndarray, np.dtype]:
     return np.zeros((), np.uint8), np.dtype(np.uint8)
 
 
-class GraphModule:  # built lazily as a real torch.nn.Module subclass (torch is optional)
-    def __new__(cls, *args, **kwargs):
-        return _make_module_class()(*args, **kwargs)
+def GraphModule(graph: gs.Graph, *, reference: gs.Graph | None = None) -> Any:
+    """The graph as a torch.nn.Module (the class is built on first use: torch is optional)."""
+    return _make_module_class()(graph, reference=reference)
 
 
 _MODULE_CLASS = None
@@ -81,7 +81,9 @@ def _make_module_class():
     global _MODULE_CLASS
     if _MODULE_CLASS is not None:
         return _MODULE_CLASS
-    torch = _torch()
+    _torch()  # a clear error when torch is missing
+    import torch
+
     from .fakequant import FakeQuant, WeightFakeQuant
 
     class _GraphModule(torch.nn.Module):
@@ -176,7 +178,7 @@ def _make_module_class():
             if q is None:
                 raise BridgeError("a DequantizeLinear that reads neither a QuantizeLinear nor a constant",
                                   node=dq.name, code="QC602")
-            scale = const_value(dq.inputs[1])
+            scale = require_const(dq.inputs[1], "scale")
             zp, zdt = _zp_value(dq)
             qmin, qmax, fp8 = storage_grid(q.dtype if q.dtype.kind != "V" else zdt)
             if q.dtype == np.int32:  # an int32 bias (onnxruntime target): a fixed constant
@@ -281,6 +283,12 @@ def _make_module_class():
             return result
 
         # -- write back ----------------------------------------------------------------------
+        def activation_quantizers(self) -> dict[str, FakeQuant]:
+            return {k: cast(FakeQuant, v) for k, v in self.fq.items()}
+
+        def weight_quantizers(self) -> dict[str, WeightFakeQuant]:
+            return {k: cast(WeightFakeQuant, v) for k, v in self.wq.items()}
+
         def write_back(self) -> dict[str, int]:
             """Learned scales, zero points and integer weights into the graph's Q/DQ constants."""
             from ..ir.edit import constant
@@ -289,7 +297,7 @@ def _make_module_class():
             names = Namer(g)
             nodes = {n.name: n for n in g.nodes}
             counts = {"activations": 0, "weights": 0}
-            for key, fq in self.fq.items():
+            for fq in self.activation_quantizers().values():
                 q = nodes[fq.name]
                 s = fq.scale.detach().cpu().numpy().astype(np.float32)
                 s = np.maximum(s, 1e-7)
@@ -302,7 +310,7 @@ def _make_module_class():
                     if len(node.inputs) > 2:
                         node.inputs[2] = zc
                 counts["activations"] += 1
-            for key, wq in self.wq.items():
+            for wq in self.weight_quantizers().values():
                 dq = nodes[wq.name]
                 s = np.maximum(wq.scale.detach().cpu().numpy().astype(np.float32), 1e-7)
                 sc = constant(names(dq.name + "_scale_ft"), s.reshape(np.asarray(const_value(dq.inputs[1])).shape))
@@ -315,7 +323,7 @@ def _make_module_class():
                     dq.inputs[1] = sc
                 else:
                     ints = wq.integer_weight().cpu().numpy()
-                    old = const_value(src)
+                    old = require_const(src, "quantized weight")
                     if wq.fp8:
                         import ml_dtypes
 

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from ..diagnostics import BridgeError
+
 OpFn = Callable[[list, dict, int], list]
 OPS: dict[str, OpFn] = {}
 
@@ -253,6 +255,7 @@ def _pool(ins, a, kind: str):
     dil = list(a.get("dilations", [1] * n))
     pads = _auto_pads(x, a, kernel, strides, dil)
     ceil = bool(int(a.get("ceil_mode", 0)))
+    fn: Any
     if kind == "max":
         x = _pads_for(x, pads, value=-math.inf)
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
@@ -381,6 +384,8 @@ def squeeze(ins, a, _):
 def unsqueeze(ins, a, _):
     x = ins[0]
     axes = _axes(ins, a)
+    if axes is None:
+        raise BridgeError("Unsqueeze without axes", code="QC602")
     rank = x.dim() + len(axes)
     for ax in sorted(ax % rank for ax in axes):
         x = x.unsqueeze(ax)

@@ -53,7 +53,7 @@ def load_image(path: Path, pp: dict[str, Any]) -> np.ndarray:
         raise CalibrationError("reading images needs Pillow", code="QC401",
                                hint="pip install pillow, or convert the images to an .npz") from None
     try:
-        img = Image.open(path)
+        img: Any = Image.open(path)
         img = img.convert("L" if pp["color"] == "L" else "RGB")
     except OSError as exc:
         raise CalibrationError(f"cannot read image '{path}': {exc}", code="QC402",
@@ -63,9 +63,9 @@ def load_image(path: Path, pp: dict[str, Any]) -> np.ndarray:
         if len(r) == 1:  # shorter side
             w, h = img.size
             s = r[0] / min(w, h)
-            img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+            img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
         else:
-            img = img.resize((r[1], r[0]), Image.BILINEAR)
+            img = img.resize((r[1], r[0]), Image.Resampling.BILINEAR)
     if pp["crop"]:
         c = pp["crop"]
         ch, cw = (c[0], c[0]) if len(c) == 1 else (c[0], c[1])

@@ -61,7 +61,7 @@ class EmaState:
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
-        if self.n == 0:
+        if self.s is None:
             self.first = x.copy()
             self.s = self.c * x
         else:
@@ -69,15 +69,17 @@ class EmaState:
         self.n += 1
 
     def merge(self, later: "EmaState") -> "EmaState":
-        if self.n == 0:
+        if self.s is None:
             return later
-        if later.n == 0:
+        if later.s is None:
             return self
         s = (1.0 - self.c) ** later.n * self.s + later.s
         return EmaState(self.c, self.n + later.n, s, self.first)
 
     @property
     def value(self) -> np.ndarray:
+        if self.s is None or self.first is None:
+            raise ValueError("the moving average saw no batch")
         return self.s + (1.0 - self.c) ** self.n * self.first
 
 
@@ -115,7 +117,7 @@ class TensorStats:
         self.min = mn.copy() if self.min is None else np.minimum(self.min, mn)
         self.max = mx.copy() if self.max is None else np.maximum(self.max, mx)
         if self.config.method == "moving_average":
-            if self.ema_min is None:
+            if self.ema_min is None or self.ema_max is None:
                 self.ema_min = EmaState(self.config.averaging_constant)
                 self.ema_max = EmaState(self.config.averaging_constant)
             self.ema_min.update(mn)
@@ -128,7 +130,7 @@ class TensorStats:
         x = np.asarray(x)
         if x.dtype != np.float32 and x.dtype != np.float64:
             x = x.astype(np.float32)
-        if mn is None:
+        if mn is None or mx is None:
             mn, mx = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
         if not (math.isfinite(mn) and math.isfinite(mx)):
             raise ValueError(f"non-finite values in tensor '{self.name}'")
@@ -163,16 +165,14 @@ class TensorStats:
             e0 = EmaState(self.config.averaging_constant)
             out.ema_min = (self.ema_min or e0).merge(other.ema_min or e0)
             out.ema_max = (self.ema_max or e0).merge(other.ema_max or e0)
-        if self.hist is not None or other.hist is not None:
-            if self.hist is None:
-                out.hist, out.hist_exp = other.hist.copy(), other.hist_exp
-            elif other.hist is None:
-                out.hist, out.hist_exp = self.hist.copy(), self.hist_exp
-            else:
-                e = max(self.hist_exp, other.hist_exp)
-                B = self.config.bins
-                out.hist = _rebin(self.hist, e - self.hist_exp, B) + _rebin(other.hist, e - other.hist_exp, B)
-                out.hist_exp = e
+        if self.hist is not None and other.hist is not None:
+            e = max(self.hist_exp, other.hist_exp)
+            B = self.config.bins
+            out.hist = _rebin(self.hist, e - self.hist_exp, B) + _rebin(other.hist, e - other.hist_exp, B)
+            out.hist_exp = e
+        elif self.hist is not None or other.hist is not None:
+            src = self if self.hist is not None else other
+            out.hist, out.hist_exp = src.histogram().copy(), src.hist_exp
         return out
 
     # -- views -----------------------------------------------------------------------------
@@ -180,10 +180,17 @@ class TensorStats:
     def bin_width(self) -> float:
         return 2.0 ** self.hist_exp / self.config.bins
 
+    def histogram(self) -> np.ndarray:
+        """The signed histogram (an error when this observer collected none)."""
+        if self.hist is None:
+            raise ValueError(f"no histogram was collected for '{self.name}' (collect with a histogram observer)")
+        return self.hist
+
     def abs_hist(self) -> np.ndarray:
         """Counts of |x| in [j*w, (j+1)*w), j = 0..bins-1."""
         B = self.config.bins
-        return self.hist[B:] + self.hist[:B][::-1]
+        h = self.histogram()
+        return h[B:] + h[:B][::-1]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "count": self.count, "batches": self.batches,
@@ -191,7 +198,7 @@ class TensorStats:
         for key in ("min", "max"):
             v = getattr(self, key)
             d[key] = None if v is None else np.asarray(v).tolist()
-        if self.ema_min is not None:
+        if self.ema_min is not None and self.ema_max is not None:
             d["ema"] = {"c": self.ema_min.c, "n": self.ema_min.n,
                         "min": [np.asarray(self.ema_min.s).tolist(), np.asarray(self.ema_min.first).tolist()],
                         "max": [np.asarray(self.ema_max.s).tolist(), np.asarray(self.ema_max.first).tolist()]}
@@ -249,12 +256,12 @@ def compute_range(st: TensorStats, method: str | None = None) -> tuple[np.ndarra
     method = method or cfg.method
     if method == "histogram":
         method = cfg.range_method
-    if st.min is None:
+    if st.min is None or st.max is None:
         raise ValueError(f"no statistics were collected for '{st.name}'")
     if method == "min_max":
         return np.asarray(st.min), np.asarray(st.max)
     if method == "moving_average":
-        if st.ema_min is None:
+        if st.ema_min is None or st.ema_max is None:
             return np.asarray(st.min), np.asarray(st.max)
         return np.asarray(st.ema_min.value), np.asarray(st.ema_max.value)
     if st.hist is None:
@@ -275,7 +282,7 @@ def compute_range(st: TensorStats, method: str | None = None) -> tuple[np.ndarra
 
 
 def _percentile_signed(st: TensorStats, p: float) -> float:
-    h = st.hist.astype(np.float64)
+    h = st.histogram().astype(np.float64)
     cdf = np.cumsum(h)
     target = math.ceil(p / 100.0 * cdf[-1] - 1e-9 * cdf[-1])  # integer rank (float noise in p/100 * n)
     j = int(np.searchsorted(cdf, target, side="left"))
@@ -345,9 +352,10 @@ def _amax_mse(st: TensorStats) -> float:
 
 
 def _affine_mse(st: TensorStats) -> tuple[float, float]:
+    assert st.min is not None and st.max is not None  # compute_range checked
     lo, hi = float(np.min(st.min)), float(np.max(st.max))
     B = st.config.bins
-    h = st.hist.astype(np.float64)
+    h = st.histogram().astype(np.float64)
     centers = (np.arange(2 * B) - B + 0.5) * st.bin_width
     qmax = float(2 ** st.config.num_bits - 1)
     best = (float("inf"), lo, hi)

@@ -54,7 +54,7 @@ def model_inputs(graph: gs.Graph) -> list[InputSpec]:
 
 def static_dim(d: Any) -> bool:
     """A fixed (known, positive) dimension, not a symbolic or unknown one."""
-    return isinstance(d, (int, np.integer)) and d > 0
+    return bool(isinstance(d, (int, np.integer)) and d > 0)
 
 
 @dataclass
@@ -98,7 +98,6 @@ class DataSource:
     description = "calibration data"
     #: batch size when neither the user nor the model says (None: feeds are taken as they come)
     default_batch: int | None = 8
-    path: Path | None = None
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:  # pragma: no cover - abstract
         """Chunks in order; ``layout`` is the resolved layout for sources that know their shapes up front
@@ -114,7 +113,7 @@ class DataSource:
 
     def location(self) -> str | None:
         """The file or folder the data is read from (None for in-memory data)."""
-        return str(self.path) if self.path is not None else None
+        return None
 
     def keys(self) -> list[str] | None:
         return None
@@ -126,11 +125,24 @@ class DataSource:
         return None
 
 
-class NpzSource(DataSource):
-    """One ``.npz`` file: arrays keyed by input name (plus an optional label array)."""
+class FileSource(DataSource):
+    """Data read from a file or folder (``path``); its fingerprint hashes the file."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    def location(self) -> str | None:
+        return str(self.path)
+
+    def fingerprint(self) -> str | None:
+        return _file_hash(self.path)
+
+
+class NpzSource(FileSource):
+    """One ``.npz`` file: arrays keyed by input name (plus an optional label array)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
         self.description = f"'{self.path}'"
         self.arrays = npz_members(self.path)
 
@@ -164,18 +176,16 @@ class NpzSource(DataSource):
                 return self.arrays[k].read_all()
         return None
 
-    def fingerprint(self) -> str:
-        return _file_hash(self.path)
 
 
-class FolderSource(DataSource):
+class FolderSource(FileSource):
     """A folder of ``.npz`` (keyed by input name) or ``.npy`` (single-input models) files, in name order.  Each
     file is one feed unless the layout says otherwise."""
 
     default_batch = None
 
     def __init__(self, path: str | os.PathLike, layout: str = "auto"):
-        self.path = Path(path)
+        super().__init__(path)
         self.description = f"folder '{self.path}'"
         self.layout = check_layout(layout)
         self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in (".npz", ".npy"))
@@ -209,11 +219,11 @@ class FolderSource(DataSource):
         return h.hexdigest()
 
 
-class NpyFileSource(DataSource):
+class NpyFileSource(FileSource):
     """One ``.npy`` file: samples on axis 0 for a single-input model (memory-mapped)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        super().__init__(path)
         self.description = f"'{self.path}'"
         self.array = NpyArray(self.path, None, self.description)
 
@@ -221,15 +231,13 @@ class NpyFileSource(DataSource):
         for block in self.array.iter_rows(rows):
             yield Chunk({}, str(self.path), unnamed=block, layout="batch")
 
-    def fingerprint(self) -> str:
-        return _file_hash(self.path)
 
 
-class ImageFolderSource(DataSource):
+class ImageFolderSource(FileSource):
     """A folder of images, preprocessed one at a time (single-input models)."""
 
     def __init__(self, path: str | os.PathLike, preprocess: str | dict | None = None):
-        self.path = Path(path)
+        super().__init__(path)
         self.description = f"image folder '{self.path}'"
         self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXT)
         if not self.files:

@@ -213,7 +213,7 @@ def _resolve_external(model: onnx.ModelProto, base_dir: Path,
     return resolved, files
 
 
-_NATIVE_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+_NATIVE_NP: dict[int, type] = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
               onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
               onnx.TensorProto.INT16: np.int16, onnx.TensorProto.UINT16: np.uint16, onnx.TensorProto.INT32: np.int32,
               onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.UINT64: np.uint64}
@@ -644,6 +644,7 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
             f.flush()
             os.fsync(f.fileno())
         if data_tmp is not None:
+            assert data_final is not None
             os.chmod(data_tmp, 0o644)
             os.replace(data_tmp, data_final)
             tmp_files.remove(data_tmp)
@@ -656,9 +657,9 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
         raise ModelSaveError(f"cannot write '{out}': {exc.strerror or exc}", location=str(out),
                              hint="check the output folder and free disk space") from None
     finally:
-        for t in tmp_files:
+        for tmp in tmp_files:
             try:
-                os.unlink(t)
+                os.unlink(tmp)
             except OSError:
                 pass
     return out

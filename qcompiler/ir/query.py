@@ -85,6 +85,17 @@ def const_value(t: gs.Tensor | None, *, through_identity: bool = True) -> np.nda
     return None
 
 
+def require_const(t: gs.Tensor, what: str = "tensor") -> np.ndarray:
+    """The value of a tensor that must be constant here; a QCompilerError naming it when it is not."""
+    v = const_value(t)
+    if v is None:
+        from ..diagnostics import QCompilerError
+
+        raise QCompilerError(f"{what} '{t.name}' is not a constant", code="QC304", node=t.name,
+                             hint="run fold-constants first, or report the model if it is a constant")
+    return v
+
+
 def const_source(t: gs.Tensor | None) -> gs.Constant | None:
     """The gs.Constant initializer behind ``t`` (through Identity), or None."""
     seen = 0

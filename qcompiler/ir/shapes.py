@@ -15,7 +15,7 @@ def _dims(vi: onnx.ValueInfoProto):
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return tt.elem_type, None
-    dims = []
+    dims: list[int | str | None] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
             dims.append(int(d.dim_value))
@@ -65,7 +65,7 @@ def _less_known(old, new) -> bool:
         return True
     known_old = sum(isinstance(d, (int, np.integer)) and d >= 0 for d in old)
     known_new = sum(isinstance(d, (int, np.integer)) and d >= 0 for d in new)
-    return known_new > known_old
+    return bool(known_new > known_old)
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:

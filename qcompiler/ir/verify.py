@@ -67,7 +67,11 @@ def _check_graph(g: gs.Graph, outer: set[str], problems: list[Problem], where: s
     names = [n.name for n in g.nodes if n.name]
     if len(names) != len(set(names)):
         seen: set[str] = set()
-        dup = next(n for n in names if n in seen or seen.add(n))
+        dup = names[0]
+        for dup in names:
+            if dup in seen:
+                break
+            seen.add(dup)
         problems.append(Problem(f"{where}node name '{dup}' is used more than once", dup))
 
 

@@ -149,6 +149,7 @@ class PassManager:
                     for req in sorted(cls.requires):
                         if req in facts:
                             continue
+                        hint: str | None
                         if req in killed:
                             msg = (f"pass {label(it)} requires '{req}', but {killed[req]} invalidates it after "
                                    f"{provider.get(req, 'an earlier pass')} provided it")

@@ -99,7 +99,7 @@ def option_specs(cls: type) -> list[OptionSpec]:
     hints = typing.get_type_hints(cls)
     specs = []
     for f in dataclasses.fields(cls):
-        meta = f.metadata or {}
+        meta: Any = f.metadata or {}
         specs.append(OptionSpec(kebab(f.name), f.name, hints[f.name], f.default, meta.get("help", ""),
                                 meta.get("choices"), meta.get("min"), meta.get("max")))
     _SPEC_CACHE[cls] = specs

@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
 from ..ir.edit import Namer, constant
-from ..ir.query import const_value, producer
+from ..ir.query import producer, require_const
 from .plan import ActPoint, Plan, WeightPoint
 from .qspec import QSpec, affine_params
 
@@ -105,6 +105,7 @@ def weight_qparams(W: np.ndarray, spec: QSpec, axis: int | None) -> QParams:
 
 def _block_qparams(W: np.ndarray, spec: QSpec, axis: int | None) -> QParams:
     """Blocks along the reduction axis K of a [K, N] weight (axis 0 of the scale)."""
+    assert spec.block_size is not None
     bs = int(spec.block_size)
     k = W.shape[0]
     nblk = (k + bs - 1) // bs
@@ -233,7 +234,7 @@ class Emitter:
         shared: dict[tuple[str, QSpec, int | None], gs.Variable] = {}
         for wp in self.plan.weights:
             node = nodes[wp.node]
-            W = const_value(node.inputs[wp.index])
+            W = require_const(node.inputs[wp.index], "weight")
             key = (wp.tensor, wp.spec, wp.axis)
             q = weight_qparams(W, wp.spec, wp.axis)
             self.result.weight_qparams[wp.node] = q
@@ -257,7 +258,7 @@ class Emitter:
         act = self.dq_of.get(node.inputs[0].name)
         if act is None:
             return
-        b = const_value(node.inputs[wp.bias_index])
+        b = require_const(node.inputs[wp.bias_index], "bias")
         scale = (act.scale.astype(np.float64) * wq.scale.astype(np.float64)).reshape(-1)
         if scale.size == 1 and b.size > 1:
             scale = np.full(b.size, float(scale[0]))

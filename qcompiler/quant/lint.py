@@ -60,7 +60,7 @@ class LintResult:
         return sum(1 for d in self.findings if d.severity == Severity.WARNING)
 
     def rules(self, severity: Severity | None = None) -> set[str]:
-        return {d.rule for d in self.findings if severity is None or d.severity == severity}
+        return {d.rule for d in self.findings if d.rule and (severity is None or d.severity == severity)}
 
 
 class _Linter:

@@ -218,7 +218,7 @@ class _Planner:
         self.edges[key] = pt
 
     def flows_to_quantized(self, t: gs.Tensor, limit: int = 64) -> bool:
-        seen = set()
+        seen: set[int] = set()
         q = deque([t])
         while q and len(seen) < limit:
             cur = q.popleft()

@@ -59,7 +59,10 @@ class QSpec:
     def width(self) -> float:
         if self.fp8:
             return 8.0
-        return float(_DTYPE_RE.match(self.dtype).group("bits"))
+        m = _DTYPE_RE.match(self.dtype)
+        if m is None:
+            raise RecipeError(f"'{self.dtype}' is not a dtype string (s8, u8, s4, s7.7, fp8e4m3)")
+        return float(m.group("bits"))
 
     @property
     def bits(self) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.edit import Namer, replace_all_uses
-from ..ir.query import const_value, producer
+from ..ir.query import const_value, producer, require_const
 from .qspec import dequantize_linear
 
 
@@ -18,7 +18,7 @@ def dequantized_constant(dq: gs.Node) -> np.ndarray | None:
     if q is None:
         return None
     zp = const_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2].name else None
-    return dequantize_linear(q, const_value(dq.inputs[1]), zp, int(dq.attrs.get("axis", 1)),
+    return dequantize_linear(q, require_const(dq.inputs[1], "scale"), zp, int(dq.attrs.get("axis", 1)),
                              dq.attrs.get("block_size"))
 
 
