@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.query import attr, const_value, is_graph_output, rank, subgraph_referenced_names
+from qcompiler.ir.query import const_value, is_graph_output, rank, subgraph_referenced_names
 
 from ._layers import WEIGHTED_OPS, Layer, LayerKind, NotALayer
 
@@ -176,7 +176,8 @@ def find_pairs(graph: gs.Graph, *, clip: str = "rescale",
     return pairs, skipped
 
 
-def convert_clip(graph: gs.Graph, clip_node: gs.Node, channels: int, r: int, names: Namer, mode: str) -> list[gs.Node]:
+def convert_clip(graph: gs.Graph, clip_node: gs.Node, channels: int, r: int, names: Namer,
+                 mode: str) -> list[gs.Node]:
     """Rewrite a Clip in a pair's chain.  ``rescale``: Clip(x, lo, M) -> [Relu] + Min(x, M per channel)
     (exact); ``relu``: Clip(x, 0, M) -> Relu (drops the upper bound: changes the model).
     Returns the nodes that replace it (in order)."""
@@ -193,8 +194,7 @@ def convert_clip(graph: gs.Graph, clip_node: gs.Node, channels: int, r: int, nam
             mid = gs.Variable(names(clip_node.name + "_relu_out"), dtype=dtype, shape=x.shape)
             new.append(gs.Node("Relu", names(clip_node.name + "_relu"), inputs=[cur], outputs=[mid]))
             cur = mid
-        shape = (channels,) + (1,) * max(0, r - 2) if r > 2 else (channels,)
-        c = gs.Constant(names(clip_node.name + "_max"), np.full(shape, hi, dtype=dtype))
+        c = gs.Constant(names(clip_node.name + "_max"), np.full(channel_const_shape(channels, r), hi, dtype=dtype))
         new.append(gs.Node("Min", names(clip_node.name + "_min"), inputs=[cur, c], outputs=[y]))
     clip_node.inputs.clear()
     clip_node.outputs.clear()
@@ -204,8 +204,3 @@ def convert_clip(graph: gs.Graph, clip_node: gs.Node, channels: int, r: int, nam
 
 def channel_const_shape(channels: int, r: int) -> tuple[int, ...]:
     return (channels,) + (1,) * max(0, r - 2) if r > 2 else (channels,)
-
-
-def attr_str(node: gs.Node, name: str, default: str) -> str:
-    v = attr(node, name, default)
-    return v.decode() if isinstance(v, bytes) else v

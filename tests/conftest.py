@@ -1,4 +1,4 @@
-"""Shared fixtures: zoo models (trained once, cached), temp dirs, tiny graphs built from ONNX text."""
+"""Shared fixtures: zoo models (trained once, cached) and a tiny model on disk.  Graphs: tests/builders.py."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+
+from .builders import parse
 
 # keep the zoo cache out of the home folder of CI runners unless the user set one
 os.environ.setdefault("QCOMPILER_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
@@ -35,27 +36,11 @@ def digits():
     return d
 
 
-def model_from_text(text: str) -> onnx.ModelProto:
-    """Parse ONNX text (onnx.parser) into a model, checking it."""
-    model = onnx.parser.parse_model(text)
-    onnx.checker.check_model(model)
-    return model
-
-
-def graph_from_text(text: str, initializers: dict[str, np.ndarray] | None = None):
-    from qcompiler.ir import import_model
-
-    model = onnx.parser.parse_model(text)
-    for name, arr in (initializers or {}).items():
-        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(arr), name))
-    return import_model(model)
-
-
 @pytest.fixture
 def tiny_model_path(tmp_path):
     """A small conv model saved to disk."""
     rng = np.random.default_rng(0)
-    g = graph_from_text("""
+    g = parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         tiny (float[N,3,8,8] x) => (float[N,4,8,8] y) {
             c = Conv <pads = [1,1,1,1]> (x, w, b)

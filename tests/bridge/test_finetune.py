@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
 
 torch = pytest.importorskip("torch")
 
@@ -20,6 +19,8 @@ from qcompiler.ir import load_model  # noqa: E402
 from qcompiler.ir.query import const_value  # noqa: E402
 from qcompiler.quant.lint import lint_model  # noqa: E402
 from qcompiler.testing import run, sqnr_db  # noqa: E402
+
+from ..builders import qdq_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +44,7 @@ def test_fake_quant_equals_onnxruntime_qdq():
     x.flat[:6] = [0.5, 1.5, 2.5, -0.5, -1.5, 127.5 * 0.05]  # ties: round half to even
     for zp, dtype in ((np.int8(0), np.int8), (np.uint8(128), np.uint8)):
         scale = np.float32(0.05)
-        m = helper.make_model(helper.make_graph(
-            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
-            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(x.shape))],
-            [onnx.numpy_helper.from_array(np.asarray(scale), "s"), onnx.numpy_helper.from_array(np.asarray(zp), "z")]),
-            opset_imports=[helper.make_opsetid("", 13)])
-        m.ir_version = 7
+        m = qdq_model(scale, zp, opset=13, shape=list(x.shape), ir=7)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         ref = ort.InferenceSession(m.SerializeToString(), so).run(None, {"x": x})[0]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 torch = pytest.importorskip("torch")
 
 from qcompiler.bridge.module import GraphModule  # noqa: E402
 from qcompiler.ir import import_model  # noqa: E402
 from qcompiler.testing import run  # noqa: E402
+
+from ..builders import single_op  # noqa: E402
 
 R = np.random.default_rng(0)
 
@@ -22,22 +24,7 @@ def f32(*shape, scale=1.0):
 
 def case(op, inputs, attrs=None, inits=None, n_out=1, opset=17, out_type=TensorProto.FLOAT):
     """inputs: list of (name, array) fed at run time; inits: list of (name, array) initializers."""
-    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)) for n, a in inputs]
-    names = [n for n, _ in inputs] + [n for n, _ in (inits or [])]
-    outs = [f"y{i}" for i in range(n_out)]
-    node = helper.make_node(op, names, outs, **(attrs or {}))
-    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info(o, out_type, None) for o in outs],
-                          [numpy_helper.from_array(a, n) for n, a in (inits or [])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(m).graph.output}
-    for o in m.graph.output:
-        v = inferred.get(o.name)
-        if v is not None and v.type.tensor_type.HasField("shape"):
-            o.type.CopyFrom(v.type)
-        else:
-            o.type.tensor_type.shape.SetInParent()
-    return m, dict(inputs)
+    return single_op(op, inputs, attrs, inits, n_out=n_out, opset=opset, out_type=out_type)
 
 
 CASES = {

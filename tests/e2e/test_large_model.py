@@ -7,11 +7,13 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from qcompiler.api import compile_model
 from qcompiler.ir import load_model
 from qcompiler.ir.io import ExternalValues
+
+from ..builders import G
 
 
 def _big_model(tmp_path, gib: float = 2.1):
@@ -28,18 +30,19 @@ def _big_model(tmp_path, gib: float = 2.1):
     with open(tmp_path / "big.onnx.data", "wb") as f:  # sparse: no disk blocks for the zeros
         f.truncate(nbytes)
     rng = np.random.default_rng(0)
-    w = onnx.numpy_helper.from_array((0.1 * rng.standard_normal((8, 1, 3, 3))).astype(np.float32), "w")
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0, name="gather"),
-             helper.make_node("Reshape", ["emb", "shape"], ["img"], name="reshape"),
-             helper.make_node("Conv", ["img", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
-    inits = [table, w, onnx.numpy_helper.from_array(np.array([-1, 1, 16, 16], np.int64), "shape"),
-             onnx.numpy_helper.from_array((0.1 * rng.standard_normal((8, 8, 3, 3))).astype(np.float32), "w2")]
-    g = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    b = G(17)
+    b.input("ids", ["N"], TensorProto.INT64)
+    b.tensor(table)
+    b.init((0.1 * rng.standard_normal((8, 1, 3, 3))).astype(np.float32), name="w")
+    b.init(np.array([-1, 1, 16, 16], np.int64), name="shape")
+    b.init((0.1 * rng.standard_normal((8, 8, 3, 3))).astype(np.float32), name="w2")
+    b.node("Gather", ["table", "ids"], outputs=["emb"], axis=0, name="gather")
+    b.node("Reshape", ["emb", "shape"], outputs=["img"], name="reshape")
+    b.node("Conv", ["img", "w"], outputs=["c"], pads=[1, 1, 1, 1], name="conv")
+    b.node("Relu", ["c"], outputs=["r"], name="relu")
+    b.node("Conv", ["r", "w2"], outputs=["y"], pads=[1, 1, 1, 1], name="conv2")
+    b.output("y", shape=["N", 8, 16, 16])
+    m = b.model(ir=8, infer_outputs=False)
     path = tmp_path / "big.onnx"
     with open(path, "wb") as f:
         f.write(m.SerializeToString())

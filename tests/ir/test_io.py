@@ -14,7 +14,7 @@ from qcompiler.ir import copy_graph, load_model, save_model, verify_graph
 from qcompiler.ir.io import MAX_IR_VERSION, ExternalValues
 from qcompiler.testing import assert_outputs_close, random_feeds, run
 
-from ..conftest import graph_from_text
+from ..builders import parse
 
 
 @pytest.mark.parametrize("content,code,fragment", [
@@ -62,7 +62,7 @@ def test_roundtrip_is_exact_and_deterministic(tiny_model_path, tmp_path):
 
 
 def test_ir_version_is_pinned(tmp_path):
-    g = graph_from_text("""
+    g = parse("""
         <ir_version: 10, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] y) { y = Relu(x) }""")
     g.qc_meta.ir_version = 14  # what onnx >= 1.23 stamps by default
@@ -115,7 +115,7 @@ def test_unwritable_or_missing_folder(tmp_path):
 
 def load_model_from_text():
     rng = np.random.default_rng(1)
-    return graph_from_text("""
+    return parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[N,16] x) => (float[N,8] y) { y = Gemm <transB = 1> (x, w, b) }""",
         {"w": rng.standard_normal((8, 16)).astype(np.float32), "b": np.zeros(8, np.float32)})
@@ -168,7 +168,7 @@ def test_copy_graph_is_independent():
 
 
 def test_verify_reports_dangling_and_unsorted():
-    g = graph_from_text("""
+    g = parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] y) { a = Relu(x)
                                          y = Neg(a) }""")

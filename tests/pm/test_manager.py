@@ -13,11 +13,11 @@ from qcompiler.ir import load_model
 from qcompiler.pm import (DumpIR, Pass, PassContext, PassManager, PassResult, Registry, Reproducer, Timing,
                           default_registry, option)
 
-from ..conftest import graph_from_text
+from ..builders import parse
 
 
 def _graph():
-    return graph_from_text("""
+    return parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[2,4] x) => (float[2,4] y) {
             a = Relu(x)
@@ -230,7 +230,7 @@ def test_pass_options_validated_in_python_api():
 
 def test_builtin_passes_keep_no_state_and_are_idempotent():
     """cleanup twice: the second run reports no change."""
-    g = graph_from_text("""
+    g = parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float[2,4] x) => (float[2,4] y) {
             i = Identity(x)

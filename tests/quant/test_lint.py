@@ -12,6 +12,8 @@ from qcompiler.cli import main
 from qcompiler.ir import import_model
 from qcompiler.quant.lint import lint_graph
 
+from ..builders import G
+
 
 def _t(name, arr):
     return numpy_helper.from_array(np.asarray(arr), name)
@@ -19,36 +21,33 @@ def _t(name, arr):
 
 def base(**kw):
     """x -> Q/DQ -> Conv(DQ(int8 W, axis 0), float bias) -> Relu -> y, with switches to break it."""
-    opset = kw.get("opset", 13)
+    b = G(kw.get("opset", 13))
     rng = np.random.default_rng(0)
     wq = rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)
-    inits = [_t("s_x", np.float32(0.05)), _t("z_x", kw.get("zp_x", np.int8(0))),
-             _t("w_q", kw.get("wq", wq)), _t("w_s", kw.get("w_scale", np.full(16, 0.01, np.float32))),
-             _t("w_z", np.zeros(16, np.int8)), _t("bias", np.zeros(16, np.float32))]
+    b.input("x", [1, 16, 8, 8])
+    for name, value in (("s_x", np.float32(0.05)), ("z_x", kw.get("zp_x", np.int8(0))), ("w_q", kw.get("wq", wq)),
+                        ("w_s", kw.get("w_scale", np.full(16, 0.01, np.float32))), ("w_z", np.zeros(16, np.int8)),
+                        ("bias", np.zeros(16, np.float32))):
+        b.init(value, name=name)
     q_inputs = ["x", "s_x", "z_x"] if not kw.get("no_zp") else ["x", "s_x"]
-    nodes = [helper.make_node("QuantizeLinear", q_inputs, ["xq"], name="q_x"),
-             helper.make_node("DequantizeLinear", q_inputs[:1] and ["xq"] + q_inputs[1:], ["xd"], name="dq_x")]
+    b.node("QuantizeLinear", q_inputs, outputs=["xq"], name="q_x")
+    b.node("DequantizeLinear", ["xq"] + q_inputs[1:], outputs=["xd"], name="dq_x")
     w_axis = {} if kw.get("no_axis") else {"axis": kw.get("w_axis", 0)}
-    nodes.append(helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="dq_w", **w_axis))
+    b.node("DequantizeLinear", ["w_q", "w_s", "w_z"], outputs=["w"], name="dq_w", **w_axis)
     w_in = "w"
     if kw.get("cast"):
-        nodes.append(helper.make_node("Cast", ["w"], ["w_c"], to=TensorProto.FLOAT, name="cast_w"))
-        w_in = "w_c"
+        w_in = b.node("Cast", ["w"], outputs=["w_c"], to=TensorProto.FLOAT, name="cast_w")
     b_in = "bias"
     if kw.get("int32_bias"):
-        inits += [_t("b_q", np.zeros(16, np.int32)), _t("b_s", np.full(16, 1e-4, np.float32))]
-        nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b_dq"], name="dq_b", axis=0))
-        b_in = "b_dq"
-    nodes.append(helper.make_node("Conv", ["xd", w_in, b_in], ["c"], name="conv", pads=[1, 1, 1, 1]))
-    nodes.append(helper.make_node("Relu", ["c"], ["y"], name="relu"))
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])]
+        b.init(np.zeros(16, np.int32), name="b_q")
+        b.init(np.full(16, 1e-4, np.float32), name="b_s")
+        b_in = b.node("DequantizeLinear", ["b_q", "b_s"], outputs=["b_dq"], name="dq_b", axis=0)
+    b.node("Conv", ["xd", w_in, b_in], outputs=["c"], name="conv", pads=[1, 1, 1, 1])
+    b.node("Relu", ["c"], outputs=["y"], name="relu")
+    b.output("y", shape=[1, 16, 8, 8])
     if kw.get("dangling_q"):
-        nodes.append(helper.make_node("QuantizeLinear", ["y", "s_x", "z_x"], ["yq"], name="q_dangling"))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
-                          outputs, inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = kw.get("ir", 7)
-    return m
+        b.node("QuantizeLinear", ["y", "s_x", "z_x"], outputs=["yq"], name="q_dangling")
+    return b.model(ir=kw.get("ir", 7), infer_outputs=False)
 
 
 def rules(m, fp8=False, severity="error"):
@@ -118,29 +117,27 @@ def test_weights_with_minus_128_warn():
 
 def _residual(both: bool):
     rng = np.random.default_rng(1)
-    nodes, inits = [], [_t("s", np.float32(0.05)), _t("z", np.int8(0)),
-                        _t("wq", rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)),
-                        _t("ws", np.full(16, 0.01, np.float32)), _t("wz", np.zeros(16, np.int8))]
-    nodes += [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="qx"),
-              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dqx"),
-              helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dqw", axis=0),
-              helper.make_node("Conv", ["xd", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])]
-    branch = "c"
+    b = G(13)
+    b.input("x", [1, 16, 8, 8])
+    for name, value in (("s", np.float32(0.05)), ("z", np.int8(0)),
+                        ("wq", rng.integers(-127, 128, (16, 16, 3, 3)).astype(np.int8)),
+                        ("ws", np.full(16, 0.01, np.float32)), ("wz", np.zeros(16, np.int8))):
+        b.init(value, name=name)
+    b.node("QuantizeLinear", ["x", "s", "z"], outputs=["xq"], name="qx")
+    b.node("DequantizeLinear", ["xq", "s", "z"], outputs=["xd"], name="dqx")
+    b.node("DequantizeLinear", ["wq", "ws", "wz"], outputs=["w"], name="dqw", axis=0)
+    branch = b.node("Conv", ["xd", "w"], outputs=["c"], name="conv", pads=[1, 1, 1, 1])
     if both:
-        nodes += [helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="qc"),
-                  helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dqc")]
-        branch = "cd"
-    nodes += [helper.make_node("Add", [branch, "xd"], ["a"], name="add"),
-              helper.make_node("Relu", ["a"], ["r"], name="relu"),
-              helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="qr"),
-              helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["rd"], name="dqr"),
-              helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w2"], name="dqw2", axis=0),
-              helper.make_node("Conv", ["rd", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
-    return m
+        b.node("QuantizeLinear", ["c", "s", "z"], outputs=["cq"], name="qc")
+        branch = b.node("DequantizeLinear", ["cq", "s", "z"], outputs=["cd"], name="dqc")
+    b.node("Add", [branch, "xd"], outputs=["a"], name="add")
+    b.node("Relu", ["a"], outputs=["r"], name="relu")
+    b.node("QuantizeLinear", ["r", "s", "z"], outputs=["rq"], name="qr")
+    b.node("DequantizeLinear", ["rq", "s", "z"], outputs=["rd"], name="dqr")
+    b.node("DequantizeLinear", ["wq", "ws", "wz"], outputs=["w2"], name="dqw2", axis=0)
+    b.node("Conv", ["rd", "w2"], outputs=["y"], name="conv2", pads=[1, 1, 1, 1])
+    b.output("y", shape=[1, 16, 8, 8])
+    return b.model(ir=7, infer_outputs=False)
 
 
 def test_residual_with_both_inputs_quantized_warns():
@@ -176,17 +173,17 @@ def test_weight_q_over_a_folded_transpose_is_accepted(producer, expect_l9):
     Any other op over the weight before the Q is not folded into the layer's weights: L9."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((8, 4)).astype(np.float32)  # stored [N, K]; MatMul wants [K, N]
-    inits = [_t("w", w if producer == "Transpose" else w.T.copy()), _t("s_x", np.float32(0.05)),
-             _t("z_x", np.int8(0)), _t("w_s", np.full(8, 0.01, np.float32)), _t("w_z", np.zeros(8, np.int8))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"], name="q_x"),
-             helper.make_node("DequantizeLinear", ["xq", "s_x", "z_x"], ["xd"], name="dq_x"),
-             helper.make_node(producer, ["w"], ["wt"], name="prep", **({"perm": [1, 0]} if producer == "Transpose"
-                                                                      else {})),
-             helper.make_node("QuantizeLinear", ["wt", "w_s", "w_z"], ["wq"], name="q_w", axis=1),
-             helper.make_node("DequantizeLinear", ["wq", "w_s", "w_z"], ["wd"], name="dq_w", axis=1),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 7
+    b = G(13)
+    b.input("x", [2, 4])
+    for name, value in (("w", w if producer == "Transpose" else w.T.copy()), ("s_x", np.float32(0.05)),
+                        ("z_x", np.int8(0)), ("w_s", np.full(8, 0.01, np.float32)), ("w_z", np.zeros(8, np.int8))):
+        b.init(value, name=name)
+    b.node("QuantizeLinear", ["x", "s_x", "z_x"], outputs=["xq"], name="q_x")
+    b.node("DequantizeLinear", ["xq", "s_x", "z_x"], outputs=["xd"], name="dq_x")
+    b.node(producer, ["w"], outputs=["wt"], name="prep", **({"perm": [1, 0]} if producer == "Transpose" else {}))
+    b.node("QuantizeLinear", ["wt", "w_s", "w_z"], outputs=["wq"], name="q_w", axis=1)
+    b.node("DequantizeLinear", ["wq", "w_s", "w_z"], outputs=["wd"], name="dq_w", axis=1)
+    b.node("MatMul", ["xd", "wd"], outputs=["y"], name="mm")
+    b.output("y", shape=[2, 8])
+    m = b.model(ir=7, infer_outputs=False)
     assert ("L9" in rules(m)) == expect_l9

@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from qcompiler.diagnostics import RecipeError
 from qcompiler.quant.emit import activation_qparams, dequantize_weight, quantize_weight, weight_qparams
 from qcompiler.quant.qspec import QSpec, fake_quant, normalize_dtype, parse_qspec
 
+from ..builders import dq_model, qdq_model
+
 
 def _qdq_model(scale, zp, axis=None, opset=19, block=None):
     """(onnx.reference implements Q/DQ from opset 19; int8 semantics are those of opset 13)"""
-    attrs = {} if axis is None else {"axis": axis}
-    if block:
-        attrs["block_size"] = block
-    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **attrs)
-    dq = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attrs)
-    g = helper.make_graph([q, dq], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
-                           helper.make_tensor_value_info("q", onnx.helper.np_dtype_to_tensor_dtype(zp.dtype), None)],
-                          [onnx.numpy_helper.from_array(np.asarray(scale, np.float32), "s"),
-                           onnx.numpy_helper.from_array(zp, "z")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 9
-    return m
+    return qdq_model(scale, zp, axis=axis, block=block, opset=opset, expose_q=True)
 
 
 def test_round_half_to_even_and_saturation_match_reference():
@@ -74,15 +62,7 @@ def test_weight_quantization_matches_reference(dtype, axis):
     if dtype == "s8":
         assert hi == 127 and lo == -127
     # the DQ in onnx.reference gives what dequantize_weight gives
-    m = _qdq_model(q.scale, q.zero_point, axis=axis if axis is not None else None)
-    dq_only = helper.make_model(helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **({"axis": axis} if axis is not None else {}))],
-        "g", [helper.make_tensor_value_info("q", onnx.TensorProto.INT8, None)],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [onnx.numpy_helper.from_array(q.scale, "s"), onnx.numpy_helper.from_array(q.zero_point, "z")]),
-        opset_imports=[helper.make_opsetid("", 19)])
-    del m
-    ref = ReferenceEvaluator(dq_only).run(None, {"q": qi})[0]
+    ref = ReferenceEvaluator(dq_model(q.scale, q.zero_point, axis=axis)).run(None, {"q": qi})[0]
     np.testing.assert_allclose(dequantize_weight(qi, q), ref, rtol=1e-6, atol=1e-7)
     # the error of every weight is at most half a step of its channel
     step = q.scale if axis is None else q.scale.reshape([-1 if i == axis else 1 for i in range(4)])

@@ -15,7 +15,7 @@ from qcompiler.ir.query import op_histogram
 from qcompiler.quant.lint import lint_model
 from qcompiler.testing import random_feeds, run
 
-from ..builders import G
+from ..builders import G, qdq_model
 
 DIGITS = ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer"]
 
@@ -53,7 +53,6 @@ def test_qdq_numerics_match_onnx_reference(compiled, name):
     """Every emitted Q/DQ pair and weight DQ gives, in onnxruntime (basic level), exactly what the ONNX
     reference implementation gives on the same input; end to end the two runtimes differ only by
     rounding flips, far below the quantization noise."""
-    from onnx import helper
 
     from qcompiler.ir import copy_graph
     from qcompiler.ir.query import const_value
@@ -69,14 +68,7 @@ def test_qdq_numerics_match_onnx_reference(compiled, name):
     for q in qs:
         dq = q.outputs[0].outputs[0]
         scale, zp = const_value(q.inputs[1]), const_value(q.inputs[2])
-        model = helper.make_model(helper.make_graph(
-            [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "g",
-            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-            [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(zp, "z")]),
-            opset_imports=[helper.make_opsetid("", 19)])
-        model.ir_version = 9
+        model = qdq_model(scale, zp)
         x = inputs[q.inputs[0].name]
         import onnxruntime as ort
 

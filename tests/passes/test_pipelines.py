@@ -1,0 +1,47 @@
+"""The named pipelines (passes/_pipelines.py): what each option adds, and that every module of passes/ has a test
+module here (one per pass)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qcompiler.pm import PassManager, expand, parse_pipeline, print_pipeline
+
+PASSES_DIR = Path(__file__).resolve().parents[2] / "passes"
+
+
+def _expand(text: str) -> str:
+    return print_pipeline(expand(parse_pipeline(text)))
+
+
+def test_trt_int8_defaults():
+    assert _expand("trt-int8") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
+                                   "calibrate{target=tensorrt precision=int8},"
+                                   "insert-qdq{target=tensorrt precision=int8},cleanup")
+
+
+@pytest.mark.parametrize("opts, contains, absent", [
+    ("cle=true fold-residual=true", ["fold-residual,cle,cleanup,calibrate"], []),
+    ("merge=false", [], ["merge-conv1x1"]),
+    ("calib=entropy weights=qdq", ["calibrate{method=entropy ", "weights=qdq}"], []),
+    ("bias-correct=true finetune=adaround target-sqnr=40", ["insert-qdq{target=tensorrt precision=int8},bias-correct,"
+                                                            "adaround,mixed-precision{target-sqnr=40.0},cleanup"], []),
+])
+def test_options_add_and_remove_passes(opts, contains, absent):
+    text = _expand(f"trt-int8{{{opts}}}")
+    assert all(c in text for c in contains) and not any(a in text for a in absent)
+    PassManager(text).check_facts(set())  # facts in order whatever the options
+
+
+@pytest.mark.parametrize("name, target, precision", [("trt-fp8", "tensorrt", "fp8"),
+                                                     ("ort-int8", "onnxruntime", "int8")])
+def test_targets_and_precisions(name, target, precision):
+    assert f"insert-qdq{{target={target} precision={precision}}}" in _expand(name)
+
+
+def test_every_pass_module_has_a_test_module():
+    modules = {p.stem.lstrip("_") for p in PASSES_DIR.glob("*.py") if p.stem != "__init__"}
+    tests = {p.stem[len("test_"):] for p in Path(__file__).parent.glob("test_*.py")}
+    assert modules <= tests, f"passes without a test module: {sorted(modules - tests)}"
