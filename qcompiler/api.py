@@ -15,10 +15,10 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from .diagnostics import DiagnosticEngine, ModelSaveError, QCompilerError, Severity, UsageError
+from .diagnostics import DiagnosticEngine, QCompilerError, Severity, UsageError
 from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
-from .ir.io import get_meta
+from .ir.io import get_meta, writable_parent
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
 from .pm.manager import initial_facts
 from .pm.state import StateStore
@@ -49,13 +49,7 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     if same or out.resolve() == inp.resolve():
         raise UsageError(f"output path '{out}' is the input model", code="QC204",
                          hint="write to a new file; qcompiler never modifies its input")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ModelSaveError(f"output folder '{parent}' does not exist", location=str(out),
-                             hint="create it first or choose another -o path")
-    if not os.access(parent, os.W_OK):
-        raise ModelSaveError(f"output folder '{parent}' is not writable", location=str(out),
-                             hint="choose a writable -o path")
+    writable_parent(out)
     return out
 
 

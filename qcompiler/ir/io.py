@@ -548,6 +548,28 @@ def _write_sparse_aware(f, data: bytes, chunk: int = 1 << 24) -> None:
             f.write(piece)
 
 
+def _inline_external(model: onnx.ModelProto, lazy: dict[str, ExternalValues]) -> None:
+    """Put the bytes of every external tensor into the proto itself."""
+    for t in _all_tensor_protos(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            payload = _tensor_bytes(t, lazy)
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = payload
+
+
+def writable_parent(out: Path) -> Path:
+    """The folder ``out`` goes into; a ModelSaveError when it is missing or not writable."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ModelSaveError(f"output folder '{parent}' does not exist", location=str(out),
+                             hint="create it first or choose another -o path")
+    if not os.access(parent, os.W_OK):
+        raise ModelSaveError(f"output folder '{parent}' is not writable", location=str(out),
+                             hint="choose a writable -o path")
+    return parent
+
+
 def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLike, *,
                external_data: str = "auto", location: str | None = None,
                size_threshold: int = EXTERNAL_THRESHOLD, source_graph: gs.Graph | None = None) -> Path:
@@ -581,13 +603,7 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
         raise ModelSaveError(f"the model holds {total / 2**30:.2f} GiB of weights, over protobuf's 2 GiB limit",
                              location=str(out), hint="save with external data (--external-data always)")
 
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise ModelSaveError(f"output folder '{parent}' does not exist", location=str(out),
-                             hint="create it first or choose another -o path")
-    if not os.access(parent, os.W_OK):
-        raise ModelSaveError(f"output folder '{parent}' is not writable", location=str(out),
-                             hint="choose a writable -o path")
+    parent = writable_parent(out)
 
     tmp_files: list[str] = []
     try:
@@ -628,12 +644,7 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
                 f.flush()
                 os.fsync(f.fileno())
         else:
-            for t in _all_tensor_protos(model.graph):
-                if t.data_location == onnx.TensorProto.EXTERNAL:
-                    payload = _tensor_bytes(t, lazy)
-                    del t.external_data[:]
-                    t.data_location = onnx.TensorProto.DEFAULT
-                    t.raw_data = payload
+            _inline_external(model, lazy)
         if model.ByteSize() > PROTO_LIMIT:
             raise ModelSaveError("the model proto is over 2 GiB even without weights", location=str(out))
         blob = model.SerializeToString(deterministic=True)
@@ -670,11 +681,5 @@ def serialize_for_runtime(graph: gs.Graph) -> bytes | None:
     model = export_model(graph)
     if model_nbytes(model) > PROTO_LIMIT:
         return None
-    lazy = _lazy_external_by_name(graph)
-    for t in _all_tensor_protos(model.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            payload = _tensor_bytes(t, lazy)
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = payload
+    _inline_external(model, _lazy_external_by_name(graph))
     return model.SerializeToString(deterministic=True)

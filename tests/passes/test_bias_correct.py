@@ -9,12 +9,6 @@ from qcompiler.api import compile_model
 from qcompiler.diagnostics import DiagnosticEngine
 from qcompiler.ir import load_model
 from qcompiler.quant.lint import lint_model
-from qcompiler.testing import run, sqnr_db
-
-def _sqnr(digits, fp32_path, q) -> float:
-    x = digits.load()["x_test"]
-    return sqnr_db(run(load_model(str(fp32_path)), {"input": x})["logits"], run(q, {"input": x})["logits"])
-
 
 @pytest.fixture
 def w4(tmp_path):
@@ -22,14 +16,14 @@ def w4(tmp_path):
     p.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
     return str(p)
 
-def test_empirical_bias_correction_improves_w4(zoo, digits, tmp_path, w4):
+def test_empirical_bias_correction_improves_w4(zoo, logits_sqnr, tmp_path, w4):
     src, calib = zoo.onnx_path("resnet"), str(zoo.calibration_npz("resnet", 256))
     plain, bc = tmp_path / "plain.onnx", tmp_path / "bc.onnx"
     compile_model(str(src), str(plain), "trt-int8", config=w4, calib_data=calib)
     diags = DiagnosticEngine()
     compile_model(str(src), str(bc), "trt-int8{bias-correct=true}", config=w4, calib_data=calib, diagnostics=diags)
     assert any(d.code == "QC604" and "corrected" in d.message for d in diags)
-    assert _sqnr(digits, src, load_model(bc)) > _sqnr(digits, src, load_model(plain)) + 0.5
+    assert logits_sqnr(src, load_model(bc)) > logits_sqnr(src, load_model(plain)) + 0.5
     assert lint_model(bc).n_errors == 0
 
 def test_data_free_bias_correction(zoo, digits, tmp_path, w4):

@@ -9,12 +9,6 @@ from qcompiler.api import compile_model
 from qcompiler.diagnostics import DiagnosticEngine
 from qcompiler.ir import load_model
 from qcompiler.quant.lint import lint_model
-from qcompiler.testing import run, sqnr_db
-
-def _sqnr(digits, fp32_path, q) -> float:
-    x = digits.load()["x_test"]
-    return sqnr_db(run(load_model(str(fp32_path)), {"input": x})["logits"], run(q, {"input": x})["logits"])
-
 
 @pytest.fixture
 def w4(tmp_path):
@@ -22,11 +16,11 @@ def w4(tmp_path):
     p.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
     return str(p)
 
-def test_mixed_precision_reaches_target(zoo, digits, tmp_path, w4):
+def test_mixed_precision_reaches_target(zoo, logits_sqnr, tmp_path, w4):
     src, calib = zoo.onnx_path("mobilenetv2"), str(zoo.calibration_npz("mobilenetv2", 128))
     plain, mp = tmp_path / "plain.onnx", tmp_path / "mp.onnx"
     compile_model(str(src), str(plain), "trt-int8", config=w4, calib_data=calib)
-    base = _sqnr(digits, src, load_model(plain))
+    base = logits_sqnr(src, load_model(plain))
     target = base + 3.0
     diags = DiagnosticEngine()
     res = compile_model(str(src), str(mp), f"trt-int8{{target-sqnr={target}}}", config=w4, calib_data=calib,
@@ -36,5 +30,5 @@ def test_mixed_precision_reaches_target(zoo, digits, tmp_path, w4):
     info = res.context.state.require(MixedPrecisionReport)
     assert 1 <= len(info.float_layers) <= 8 and info.sqnr >= target
     assert all(any(name in d.message for d in diags) for name in info.float_layers)
-    assert _sqnr(digits, src, load_model(mp)) > base + 1.5
+    assert logits_sqnr(src, load_model(mp)) > base + 1.5
     assert lint_model(mp).n_errors == 0

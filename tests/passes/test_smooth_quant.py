@@ -10,12 +10,7 @@ from qcompiler.calib import as_data_source
 from qcompiler.ir import copy_graph, load_model
 from qcompiler.pm import PassContext, run_pipeline
 from qcompiler.quant.lint import lint_model
-from qcompiler.testing import assert_outputs_close, run, sqnr_db
-
-def _sqnr(digits, fp32_path, q) -> float:
-    x = digits.load()["x_test"]
-    return sqnr_db(run(load_model(str(fp32_path)), {"input": x})["logits"], run(q, {"input": x})["logits"])
-
+from qcompiler.testing import assert_outputs_close
 
 @pytest.fixture
 def w4(tmp_path):
@@ -33,6 +28,7 @@ def test_smooth_quant_is_exact_and_flattens_activation_channels(zoo, digits):
     assert res.records[0].stats["sites"] >= 2  # the qkv and fc1 linears after each LayerNorm
     assert_outputs_close(ref, g, {"input": digits.load()["x_test"][:32]}, rtol=1e-4)
     assert any("activation range" in d.message for d in ctx.diagnostics)
+
 
 def test_smooth_quant_then_quantize(zoo, digits, tmp_path):
     src = zoo.onnx_path("transformer")
