@@ -169,6 +169,7 @@ class BiasCorrect(Pass):
         layers = [n for n in graph.nodes if n.op in WEIGHTED_OPS and len(n.inputs) > 1
                   and produced_by(n.inputs[1], "DequantizeLinear") is not None]
         if not layers:
+            ctx.warning("QC604", "bias-correct found no quantized layer with a dequantized weight to correct")
             return PassResult(False, {"layers": 0})
         names = Namer(graph)
         if self.options.mode == "data-free":
@@ -218,8 +219,9 @@ class BiasCorrect(Pass):
         if corrected:
             ctx.remark("QC604", f"data-free bias correction adjusted {corrected} layer(s)")
         else:
-            ctx.remark("QC604", "data-free bias correction found no layer whose input statistics are known (it needs "
-                                "Conv -> BatchNormalization -> Relu -> layer, with fold-bn in the same pipeline)")
+            ctx.warning("QC604", "data-free bias correction found no layer whose input statistics are known (it "
+                                 "needs Conv -> BatchNormalization -> Relu -> layer, with fold-bn in the same "
+                                 "pipeline)")
         return PassResult(corrected > 0, {"layers": corrected})
 
     @staticmethod

@@ -36,6 +36,21 @@ from qcompiler.quant.targets import get_target, target_names
 from qcompiler.quant.session import ensure_recipe
 
 
+def nothing_quantized(graph: gs.Graph, plan, in_subgraphs: int) -> str:
+    """Why a plan quantizes nothing, in words: no weighted layer, every one excluded (with the reasons), ..."""
+    from collections import Counter
+
+    weighted = [n for n in graph.nodes if n.op in plan.target.weighted_ops]
+    if not weighted and not in_subgraphs:
+        return "the model has no Conv, ConvTranspose, Gemm or MatMul layer"
+    if not weighted:
+        return f"all {in_subgraphs} weighted layer(s) sit inside If/Loop/Scan bodies"
+    reasons = Counter(plan.float_nodes.values())
+    listed = "; ".join(f"{k} ({v} layer{'s' if v > 1 else ''})" for k, v in reasons.most_common(4))
+    return f"all {len(weighted)} weighted layer(s) stay float: {listed}" if listed else \
+        f"the plan for {len(weighted)} weighted layer(s) is empty"
+
+
 def refuse_if_quantized(graph: gs.Graph) -> None:
     if any(n.op in ("QuantizeLinear", "DequantizeLinear") for g in iter_graphs(graph) for n in g.nodes):
         raise QCompilerError("the model already contains QuantizeLinear/DequantizeLinear nodes", code="QC503",
@@ -59,6 +74,7 @@ class InsertQDQ(Pass):
         weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq "
                                     "(float + Q + DQ)",
                               choices=("dq", "qdq"))
+        allow_empty: bool = option(False, "accept a plan that quantizes nothing (otherwise an error saying why)")
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         refuse_if_quantized(graph)
@@ -94,4 +110,11 @@ class InsertQDQ(Pass):
         counts = dict(result.counts)
         counts["float_layers"] = len(plan.float_nodes)
         modified = bool(result.counts.get("activations") or result.counts.get("weights"))
+        if not modified:
+            why = nothing_quantized(graph, plan, len(inner))
+            if not self.options.allow_empty:
+                raise QCompilerError(f"insert-qdq quantized nothing: {why}", code="QC506",
+                                     hint="check the recipe and the model (qcompiler compile -v lists each layer left "
+                                          "float); insert-qdq{allow-empty=true} accepts an unquantized result")
+            ctx.warning("QC506", f"insert-qdq quantized nothing (allow-empty=true): {why}")
         return PassResult(modified, counts)

@@ -65,6 +65,10 @@ class SmoothQuant(Pass):
                 continue
             sites.append((ln, users))
         if not sites:
+            lns = sum(1 for n in graph.nodes if n.op == "LayerNormalization")
+            ctx.warning("QC302", "smooth-quant found no site to smooth: " +
+                        (f"none of the {lns} LayerNormalization outputs feeds only MatMul/Gemm layers (-v says why "
+                         "for each)" if lns else "the model has no LayerNormalization"))
             return PassResult(False, {"sites": 0})
         if ctx.calib_data is None:
             raise CalibrationError("smooth-quant needs calibration data (max |X| per channel)", code="QC401",

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from .diagnostics import DiagnosticEngine, QCompilerError, Severity, UsageError
 from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
+from .ir.shapes import reconcile_shapes
 from .ir.io import get_meta, writable_parent
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
 from .pm.manager import initial_facts
@@ -109,6 +110,8 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     verify_graph(graph)
     if input_shapes:
         fix_input_shapes(graph, input_shapes)
+    for line in reconcile_shapes(graph):  # declared shapes are hints: wrong ones must not steer the passes
+        diags.remark("QC212", f"declared shape corrected: {line}")
     instruments: list[Any] = []
     if dump_ir:
         instruments.append(DumpIR(dump_ir))

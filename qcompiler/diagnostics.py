@@ -59,6 +59,7 @@ CODES: dict[str, str] = {
     "QC209": "input shape override invalid",
     "QC210": "pass broke the graph (verify-each)",
     "QC211": "pass reported a wrong 'modified' flag",
+    "QC212": "declared shape corrected",
     # pass remarks
     "QC301": "rewrite applied",
     "QC302": "rewrite skipped",
@@ -79,6 +80,7 @@ CODES: dict[str, str] = {
     "QC503": "model already quantized",
     "QC504": "layer left in float",
     "QC505": "recipe pattern matched nothing",
+    "QC506": "nothing quantized",
     "QC510": "TensorRT lint finding",
     # recovery and bridge
     "QC601": "torch is not installed",

@@ -68,7 +68,7 @@ class ModelInfo:
 
 
 def inspect_model(path: str | os.PathLike) -> ModelInfo:
-    graph = load_model(path)
+    graph = load_model(path, normalize=False)  # the file as it is
     meta = get_meta(graph)
     info = ModelInfo(path=str(path), graph=graph)
     info.opset = {d or "": int(v) for d, v in ([("", graph.opset)] + [(i.domain, i.version) for i in

@@ -270,8 +270,9 @@ def check_tensor_sizes(model: onnx.ModelProto, source: str) -> None:
 
 
 def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None = None,
-                 source: str | None = None) -> gs.Graph:
-    """Build a graphsurgeon graph from a ModelProto (external tensors stay lazy)."""
+                 source: str | None = None, normalize: bool = True) -> gs.Graph:
+    """Build a graphsurgeon graph from a ModelProto (external tensors stay lazy).  With ``normalize`` (the
+    default) constants get one representation, initializers (qcompiler/ir/constants.py)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     check_tensor_sizes(model, source or "<model>")
     ext, files = _resolve_external(model, base, source or "<model>")
@@ -281,6 +282,10 @@ def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None =
         raise ModelLoadError(f"cannot import the graph of '{source or '<model>'}': {exc}", location=source,
                              hint="run `python -c \"import onnx; onnx.checker.check_model('MODEL')\"` for "
                                   "details") from None
+    if normalize:
+        from .constants import normalize_constants
+
+        normalize_constants(graph)
     if ext:
         _attach_external(graph, ext)
     meta = ModelMeta(
@@ -304,17 +309,19 @@ def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None =
 def _attach_external(graph: gs.Graph, by_name: dict[str, tuple[str, int, int]]) -> None:
     for g in iter_graphs(graph):
         for t in g.tensors().values():
-            if isinstance(t, gs.Constant) and t.name in by_name and isinstance(t._values, LazyValues) \
-                    and not isinstance(t._values, ExternalValues):
-                f, off, length = by_name[t.name]
+            # keyed by the proto's own name: a Constant node's tensor is named after the node's output now
+            if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) \
+                    and not isinstance(t._values, ExternalValues) and t._values.tensor.name in by_name:
+                f, off, length = by_name[t._values.tensor.name]
                 t._values = ExternalValues(t._values.tensor, f, off, length)
 
 
-def load_model(path: str | os.PathLike) -> gs.Graph:
-    """Load an ONNX model file into a graph.  External data is read lazily; the file is never modified."""
+def load_model(path: str | os.PathLike, *, normalize: bool = True) -> gs.Graph:
+    """Load an ONNX model file into a graph.  External data is read lazily; the file is never modified.
+    ``normalize=False`` keeps constants in the form the file has (``qcompiler inspect``)."""
     p = Path(path)
     model = read_model_proto(p)
-    return import_model(model, base_dir=p.parent, source=str(p))
+    return import_model(model, base_dir=p.parent, source=str(p), normalize=normalize)
 
 
 def iter_graphs(graph: gs.Graph) -> Iterable[gs.Graph]:

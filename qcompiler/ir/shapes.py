@@ -60,6 +60,50 @@ def infer_shapes(graph: gs.Graph, *, strict: bool = False) -> int:
     return changed
 
 
+def _conflict(declared, inferred) -> bool:
+    """The declaration contradicts inference: another rank, or another value of a static dim."""
+    if len(declared) != len(inferred):
+        return True
+    return any(isinstance(a, (int, np.integer)) and isinstance(b, (int, np.integer)) and a >= 0 and b >= 0 and a != b
+               for a, b in zip(declared, inferred))
+
+
+def reconcile_shapes(graph: gs.Graph) -> list[str]:
+    """Declared shapes are hints, not truth: exporters write wrong or empty output and value_info shapes (a rank-3
+    output declared ``shape {}``).  Shapes are inferred from the inputs alone (declarations of outputs and
+    intermediate tensors ignored); where an inference contradicts a declaration, the inferred shape replaces it,
+    and missing ones are filled in.  Returns one line per corrected declaration (graph inputs are never changed).
+    When inference fails, declarations stay as they are."""
+    model = strip_weights(export_model(graph))
+    del model.graph.value_info[:]
+    for o in model.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        return []
+    info = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type"):
+            info[vi.name] = _dims(vi)
+    inputs = {id(t) for t in graph.inputs}
+    changes = []
+    for name, t in graph.tensors().items():
+        if isinstance(t, gs.Constant) or id(t) in inputs or name not in info:
+            continue
+        elem, dims = info[name]
+        if dims is None:
+            continue
+        if t.shape is None:
+            t.shape = dims
+        elif _conflict(list(t.shape), dims):
+            changes.append(f"'{name}' was declared {_fmt(t.shape)}, inference gives {_fmt(dims)}")
+            t.shape = dims
+        if elem and t.dtype is None:
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    return changes
+
+
 def _less_known(old, new) -> bool:
     if len(old) != len(new):
         return True
@@ -105,4 +149,4 @@ def fix_input_shapes(graph: gs.Graph, shapes: dict[str, list[int]]) -> None:
 
 
 def _fmt(shape) -> str:
-    return "x".join(str(d) if d is not None else "?" for d in shape)
+    return "[" + ",".join(str(d) if d is not None else "?" for d in shape) + "]"

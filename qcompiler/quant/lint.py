@@ -285,6 +285,15 @@ class _Linter:
                 elif not chain_ok:
                     self.err("L9", n.name, "the quantized weight does not reach the layer as DQ(constant)",
                              "weights must be DQ(initializer) or DQ(Q(initializer)) feeding the layer")
+            elif wdq is not None and not self._const_derived(w):
+                # a weight quantized from a run-time tensor (a graph input, a computed value): TensorRT cannot
+                # take it as int8 kernel weights.  A MatMul of two activations (attention) is fine per tensor.
+                src = self._runtime_source(w)
+                per_channel = (const_value(wdq.inputs[1]) is not None and const_value(wdq.inputs[1]).size > 1)
+                if n.op != "MatMul" or per_channel:
+                    self.err("L9", n.name, f"the weight of {n.name} ({n.op}) is quantized from the run-time tensor "
+                                           f"'{src}', not from a constant",
+                             "weights must be constants (an initializer or a Constant node) behind the Q/DQ")
             # L10: quantized bias
             if n.op in ("Conv", "ConvTranspose", "Gemm") and len(n.inputs) > 2 and n.inputs[2].name:
                 if self._dq_producer(n.inputs[2]) is not None:
@@ -339,6 +348,13 @@ class _Linter:
         if p is None or depth > 16:
             return False
         return all(self._const_derived(i, depth + 1) for i in p.inputs if i.name)
+
+    def _runtime_source(self, t: gs.Tensor, depth: int = 0) -> str:
+        """The first non-constant tensor a value is computed from (a graph input or a node output)."""
+        p = producer(t)
+        if p is None or depth > 16 or p.op not in ("QuantizeLinear", "DequantizeLinear", "Cast", *_LAYOUT_OPS):
+            return t.name
+        return self._runtime_source(p.inputs[0], depth + 1)
 
     def _is_fp8(self, dq: gs.Node) -> bool:
         return dtype_name(dq.inputs[0]) == "float8_e4m3fn"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnx.version_converter
@@ -240,3 +242,37 @@ def test_ort_int8_maxpool_shares_its_input_scale(tmp_path):
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(dst), so)
     assert "MaxPool" not in {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("no-layers", "the model has no Conv, ConvTranspose, Gemm or MatMul layer"),
+    ("recipe-float", "stay float: the recipe says float (3 layers)"),
+    ("small", "has no fast quantized kernel"),
+])
+def test_quantizing_nothing_is_an_error_that_says_why(case, fragment, tmp_path):
+    """A pipeline with insert-qdq that quantizes nothing fails (exit 1, nothing written) unless allow-empty=true."""
+    from qcompiler.cli import main
+
+    b = G()
+    x = b.input("x", [1, 16, 8, 8] if case != "small" else [1, 4])
+    if case == "no-layers":
+        b.output(b.relu(x))
+    elif case == "small":
+        b.output(b.gemm(x, 4, 4))
+    else:
+        b.output(b.conv(b.relu(b.conv(b.conv(x, 16, 16), 16, 16)), 16, 16))
+    src = tmp_path / "m.onnx"
+    onnx.save(b.model(), src)
+    recipe = tmp_path / "float.yaml"
+    recipe.write_text("global: float\n")
+    extra = ["--config", str(recipe)] if case == "recipe-float" else []
+    out = tmp_path / "q.onnx"
+    with pytest.raises(QCompilerError, match=re.escape(fragment)) as exc:
+        compile_model(src, out, "calibrate,insert-qdq", allow_random_calibration=True,
+                      config=str(recipe) if extra else None)
+    assert exc.value.diagnostic.code == "QC506" and "allow-empty=true" in exc.value.diagnostic.hint
+    assert not out.exists()
+    assert main(["compile", str(src), "-o", str(out), "--pipeline", "calibrate,insert-qdq",
+                 "--allow-random-calibration", "-q"] + extra) == 1
+    assert main(["compile", str(src), "-o", str(out), "--pipeline", "calibrate,insert-qdq{allow-empty=true}",
+                 "--allow-random-calibration", "-q"] + extra) == 0 and out.exists()

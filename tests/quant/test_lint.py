@@ -187,3 +187,36 @@ def test_weight_q_over_a_folded_transpose_is_accepted(producer, expect_l9):
     b.output("y", shape=[2, 8])
     m = b.model(ir=7, infer_outputs=False)
     assert ("L9" in rules(m)) == expect_l9
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm", "MatMul-per-channel"])
+def test_weight_quantized_from_a_runtime_tensor_is_an_error(op):
+    """A layer's weight must be a constant behind its Q/DQ: a graph input (or any run-time value) is not weights."""
+    b = G(13)
+    b.input("x", [1, 16, 8, 8] if op == "Conv" else [2, 16])
+    shape = [16, 16, 3, 3] if op == "Conv" else [16, 16]
+    b.input("w_in", shape)
+    s = b.init(np.float32(0.05), name="s")
+    z = b.init(np.int8(0), name="z")
+    xd = b.dq(b.q("x", s, z), s, z)
+    if op == "MatMul-per-channel":
+        ws, wz = b.init(np.full(16, 0.01, np.float32), name="ws"), b.init(np.zeros(16, np.int8), name="wz")
+        wd = b.dq(b.q("w_in", ws, wz, axis=1), ws, wz, axis=1)
+        b.output(b.node("MatMul", [xd, wd], name="mm"))
+    else:
+        wd = b.dq(b.q("w_in", s, z), s, z)
+        attrs = {"pads": [1, 1, 1, 1]} if op == "Conv" else {"transB": 1}
+        b.output(b.node(op, [xd, wd], name="layer", **attrs))
+    res = lint_graph(import_model(b.model()))
+    l9 = [d for d in res.findings if d.rule == "L9"]
+    assert l9 and "quantized from the run-time tensor 'w_in'" in l9[0].message and l9[0].node in ("layer", "mm")
+
+
+def test_attention_matmul_of_two_activations_is_fine():
+    b = G(13)
+    b.input("a", [2, 8, 16])
+    b.input("c", [2, 16, 8])
+    da = b.qdq("a", np.float32(0.05), np.int8(0))
+    dc = b.qdq("c", np.float32(0.05), np.int8(0))
+    b.output(b.node("MatMul", [da, dc]))
+    assert "L9" not in rules(b.model(ir=7))

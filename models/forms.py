@@ -1,0 +1,104 @@
+"""The same model written the ways exporters write it (for tests and fuzzing).
+
+    from qcompiler.zoo import forms
+    m2 = forms.rewrite(model, "constant-nodes")    # every initializer becomes a Constant node
+
+Forms of constants: ``initializers`` (as is), ``constant-nodes`` (tf2onnx, Paddle), ``identity`` (each
+initializer read through an Identity, as torch writes de-duplicated weights), ``identity-constant`` (a
+Constant node behind an Identity), ``inputs`` (initializers also listed as graph inputs, old exporters).
+Other forms: ``opset-11`` / ``opset-13`` / ``opset-17`` / ``opset-21`` (onnx's version converter),
+``symbolic-batch`` (axis 0 of inputs and outputs named ``batch``).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+CONSTANT_FORMS = ("initializers", "constant-nodes", "identity", "identity-constant", "inputs")
+OTHER_FORMS = ("opset-11", "opset-13", "opset-17", "opset-21", "symbolic-batch")
+
+
+def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    return out
+
+
+def _constant_nodes(m: onnx.ModelProto, behind_identity: bool) -> onnx.ModelProto:
+    g = m.graph
+    nodes = []
+    for t in g.initializer:
+        name = t.name
+        value = onnx.TensorProto()
+        value.CopyFrom(t)
+        const_out = name + "__const" if behind_identity else name
+        value.name = const_out + "_value"
+        nodes.append(helper.make_node("Constant", [], [const_out], name=name + "__constant", value=value))
+        if behind_identity:
+            nodes.append(helper.make_node("Identity", [const_out], [name], name=name + "__identity"))
+    del g.initializer[:]
+    old = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + old)
+    return m
+
+
+def _identity(m: onnx.ModelProto) -> onnx.ModelProto:
+    g = m.graph
+    nodes = []
+    for t in g.initializer:
+        name = t.name
+        t.name = name + "__init"
+        nodes.append(helper.make_node("Identity", [t.name], [name], name=name + "__identity"))
+    old = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + old)
+    return m
+
+
+def _inputs(m: onnx.ModelProto) -> onnx.ModelProto:
+    g = m.graph
+    have = {i.name for i in g.input}
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+                   if t.name not in have)
+    return m
+
+
+def _symbolic_batch(m: onnx.ModelProto) -> onnx.ModelProto:
+    inits = {t.name for t in m.graph.initializer}
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in inits or not vi.type.tensor_type.HasField("shape") or not vi.type.tensor_type.shape.dim:
+            continue
+        d = vi.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_param = "batch"
+    return m
+
+
+def rewrite(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
+    """A copy of ``model`` in ``form`` (CONSTANT_FORMS or OTHER_FORMS)."""
+    m = _copy(model)
+    if form == "initializers":
+        return m
+    if form == "constant-nodes":
+        return _constant_nodes(m, behind_identity=False)
+    if form == "identity-constant":
+        return _constant_nodes(m, behind_identity=True)
+    if form == "identity":
+        return _identity(m)
+    if form == "inputs":
+        return _inputs(m)
+    if form == "symbolic-batch":
+        return _symbolic_batch(m)
+    if form.startswith("opset-"):
+        from onnx import version_converter
+
+        target = int(form.split("-")[1])
+        current = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+        if current == target:
+            return m
+        out = version_converter.convert_version(m, target)
+        out.ir_version = min(out.ir_version, 10)
+        return out
+    raise ValueError(f"unknown form '{form}' (forms: {', '.join(CONSTANT_FORMS + OTHER_FORMS)})")
