@@ -129,7 +129,7 @@ class AbsorbBias(Pass):
 
         data = ctx.calib_data.limited(self.options.max_samples)
         stats = collect(graph, {k: v[1] for k, v in requests.items()}, data, diagnostics=ctx.diagnostics,
-                        options=CollectOptions(threads=ctx.threads, progress=ctx.show_progress()))
+                        options=CollectOptions(threads=ctx.threads, progress=ctx.progress_mode()))
         for name, (key, _) in requests.items():
             out[key] = np.asarray(stats[name].min, dtype=np.float64).reshape(-1)
         return out

@@ -48,7 +48,7 @@ class AdaRound(Pass):
 
         ref, batches = _inputs(ctx, self.name, self.options.max_samples)
         res = adaround(graph, ref, batches, iters=self.options.iters, lr=self.options.lr,
-                       reg=self.options.reg, seed=ctx.seed, progress=ctx.show_progress())
+                       reg=self.options.reg, seed=ctx.seed, progress=ctx.progress_mode())
         ctx.remark("QC603", f"adaround: {res.layers} layers, reconstruction error {res.loss_before:.4g} -> "
                             f"{res.loss_after:.4g} ({res.seconds:.1f} s)")
         ctx.state.put(res)

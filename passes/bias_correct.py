@@ -38,6 +38,7 @@ from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
 from qcompiler.ir.query import const_value, is_graph_output, produced_by, producer
 from qcompiler.ir.runtime import Session
 from qcompiler.pm import Pass, PassResult, option
+from qcompiler.progress import Progress
 from qcompiler.quant.state import BatchNormStats, FP32Reference
 from qcompiler.quant.qspec import dequantize_linear, quantize_linear
 from qcompiler.quant.strip import dequantized_constant
@@ -183,7 +184,9 @@ class BiasCorrect(Pass):
         fp32 = channel_means(ref, [(name, ref_nodes[n.name]) for name, n in targets], data, ctx, "all")
         corrected = 0
         magnitude = []
+        bar = Progress("bias-correct", total=len(targets), unit="layers", mode=ctx.progress_mode())
         for name, node in targets:
+            bar.update(1, note=node.name)
             q = channel_means(graph, [(node.outputs[0].name, node)], data, ctx, "basic")[node.outputs[0].name]
             delta = fp32[name] - q
             scale = max(float(np.mean(np.abs(fp32[name]))), 1e-12)
@@ -192,6 +195,7 @@ class BiasCorrect(Pass):
             add_output_bias(graph, node, delta, names)
             corrected += 1
             magnitude.append(float(np.mean(np.abs(delta))) / scale)
+        bar.close()
         if corrected:
             ctx.remark("QC604", f"bias-correct corrected {corrected} layer(s) (mean |shift| "
                                 f"{100 * float(np.mean(magnitude)):.2f}% of the output magnitude)")

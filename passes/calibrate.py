@@ -127,11 +127,14 @@ class Calibrate(Pass):
         t0 = time.perf_counter()
         stats = collect(graph, configs, data, diagnostics=ctx.diagnostics,
                         options=CollectOptions(batch_size=batch, threads=ctx.threads, opt_level="all",
-                                               hist_sample=self.options.hist_sample, progress=ctx.show_progress()),
+                                               hist_sample=self.options.hist_sample, progress=ctx.progress_mode()),
                         timings=ctx.timings)
         samples = next(iter(stats.values())).extra.get("samples", 0) if stats else 0
         cs = CalibrationStats(stats, key, samples, {"methods": sorted({c.method for c in configs.values()})})
         cs.finalize()
+        for t, k in cs.non_finite().items():
+            ctx.remark("QC406", f"tensor '{t}' takes non-finite values (first on sample {k}; e.g. an additive -inf "
+                                "attention mask): it stays float", node=t)
         ctx.timings["calibrate.total"] = ctx.timings.get("calibrate.total", 0.0) + time.perf_counter() - t0
         if ctx.calib_cache and key:
             cs.save_cache(ctx.calib_cache)

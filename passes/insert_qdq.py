@@ -97,6 +97,10 @@ class InsertQDQ(Pass):
             ctx.remark("QC504", f"{len(inner)} layer(s) inside If/Loop/Scan bodies stay float (quantizing inside "
                                 "subgraphs is not supported; the subgraphs are kept intact)", node=inner[0].name)
         plan = make_plan(graph, recipe, ctx.diagnostics)
+        bad = stats.non_finite()
+        if bad:
+            for layer in plan.keep_float(set(bad), "its input '{tensor}' takes non-finite values"):
+                ctx.remark("QC504", f"{layer} stays float: {plan.float_nodes[layer]}", node=layer)
         result = Emitter(graph, plan, stats, weights_mode=self.options.weights, diagnostics=ctx.diagnostics).run()
         recipe_used = {
             "recipe": recipe.to_dict(),

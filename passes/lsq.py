@@ -39,7 +39,7 @@ class LSQ(Pass):
         ref, batches = _inputs(ctx, self.name, self.options.max_samples)
         res = lsq(graph, ref, batches, iters=self.options.iters, lr=self.options.lr,
                   train_weights=self.options.train_weights, plus=self.options.plus,
-                  weight_lr=self.options.weight_lr, seed=ctx.seed, progress=ctx.show_progress())
+                  weight_lr=self.options.weight_lr, seed=ctx.seed, progress=ctx.progress_mode())
         ctx.remark("QC603", f"{res.method}: distillation loss {res.loss_before:.4g} -> {res.loss_after:.4g} "
                             f"({res.seconds:.1f} s)")
         ctx.state.put(res)

@@ -76,7 +76,7 @@ class SmoothQuant(Pass):
         data = ctx.calib_data.limited(self.options.max_samples)
         stats = collect(graph, {ln.outputs[0].name: ObserverConfig("min_max", axis=-1) for ln, _ in sites}, data,
                         diagnostics=ctx.diagnostics, options=CollectOptions(threads=ctx.threads,
-                                                                              progress=ctx.show_progress()))
+                                                                              progress=ctx.progress_mode()))
         names = Namer(graph)
         done = 0
         alpha = self.options.alpha

@@ -30,6 +30,7 @@ from .fsutil import atomic_write
 from .ir import load_model
 from .ir.io import copy_graph, get_meta
 from .ir.query import const_value, produced_by, producer
+from .progress import Progress, mode_for
 from .ir.runtime import Session
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -132,16 +133,18 @@ def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
     return g
 
 
-def layer_sensitivity(qdq: gs.Graph, reference: gs.Graph, data, *,
-                      layers: list[gs.Node] | None = None) -> dict[str, float]:
+def layer_sensitivity(qdq: gs.Graph, reference: gs.Graph, data, *, layers: list[gs.Node] | None = None,
+                      progress: str = "off") -> dict[str, float]:
     """Output SQNR with only one layer quantized, for each quantized layer."""
     layers = layers if layers is not None else quantized_layers(qdq)
     outs = [t.name for t in reference.outputs]
     res = {}
-    for n in layers:
-        g = float_all_but(qdq, reference, {n.name})
-        r = streamed_sqnr(reference, g, outs[:1], data)
-        res[n.name] = r["sqnr"][outs[0]]
+    with Progress("sensitivity", total=len(layers), unit="layers", mode=progress) as bar:
+        for n in layers:
+            g = float_all_but(qdq, reference, {n.name})
+            r = streamed_sqnr(reference, g, outs[:1], data)
+            res[n.name] = r["sqnr"][outs[0]]
+            bar.update(1, note=f"{n.name}: {res[n.name]:.1f} dB")
     return res
 
 
@@ -300,7 +303,7 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
     outs = [t.name for t in ref.outputs]
     res = streamed_sqnr(ref, qdq, tensors + outs[:1], data, labels=data.labels())
     layer_sqnr = {n.name: res["sqnr"][n.outputs[0].name] for n in layers if n.outputs[0].name in res["sqnr"]}
-    sens = layer_sensitivity(qdq, ref, data, layers=layers) if sensitivity else None
+    sens = layer_sensitivity(qdq, ref, data, layers=layers, progress=mode_for(None)) if sensitivity else None
     worst = sorted(layer_sqnr, key=lambda k: layer_sqnr[k])[:3]
     hists = _activation_histograms(ref, qdq, data, worst)
     meta = get_meta(qdq).metadata_props

@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import BridgeError, DiagnosticEngine
 from ..ir.query import produced_by, producer
+from ..progress import Progress, mode_for
 from .results import FinetuneResult
 from .module import GraphModule, _torch
 
@@ -54,17 +55,9 @@ def collect_inputs(data, graph: gs.Graph, max_samples: int, diagnostics=None) ->
     return [b.feeds for b in d.batches(graph, diagnostics)]
 
 
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 300, lr: float = 1e-3,
         train_weights: bool = False, plus: bool = False, weight_lr: float = 1e-5, seed: int = 0,
-        loss_fn: Callable | None = None, labels: list | None = None, progress: bool = False) -> FinetuneResult:
+        loss_fn: Callable | None = None, labels: list | None = None, progress: str = "off") -> FinetuneResult:
     torch = _setup(seed)
     dev = device()
     student = GraphModule(qdq, reference=fp32).to(dev)
@@ -100,7 +93,7 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
                                   for i, (f, t) in enumerate(zip(tensors, targets))]))
 
     before = evaluate()
-    bar = _progress(progress, iters, "lsq")
+    bar = Progress("lsq", total=iters, unit="iterations", mode=progress)
     t0 = time.perf_counter()
     for it in range(iters):
         k = it % len(tensors)
@@ -114,12 +107,9 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
                 fq.scale.clamp_(min=1e-7)
             for wq in student.wq.values():
                 wq.scale.clamp_(min=1e-7)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3g}")
+        bar.update(1, note=f"loss {float(loss):.4g}")
     dt = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    bar.close()
     after = evaluate()
     if not after < before:  # never make the model worse than its calibration: keep the starting point
         student.load_state_dict(snapshot)
@@ -132,7 +122,7 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
 
 def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 500,
              lr: float = 1e-2, reg: float = 0.01, beta_start: float = 20.0, beta_end: float = 2.0,
-             warmup: float = 0.2, seed: int = 0, progress: bool = False) -> FinetuneResult:
+             warmup: float = 0.2, seed: int = 0, progress: str = "off") -> FinetuneResult:
     torch = _setup(seed)
     from .ops import OPS
 
@@ -153,7 +143,7 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
             for n in layers:
                 fp_out[n.name].append(cap[n.name][1][0].detach())
     total_before = total_after = 0.0
-    bar = _progress(progress, iters * len(layers), "adaround")
+    bar = Progress("adaround", total=len(layers), unit="layers", mode=progress)
     t0 = time.perf_counter()
     for layer in layers:
         wq = student.wq[_key_of(producer(layer.inputs[1]))]
@@ -190,9 +180,7 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(layer=layer.name[-24:], rec=f"{float(rec):.3g}")
+
         with torch.no_grad():  # freeze the hard decision for the layers that follow
             ints = wq.integer_weight()
             master = wq.weight.detach().clone()
@@ -207,9 +195,9 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
                 after = before
         total_before += before
         total_after += after
+        bar.update(1, note=f"{layer.name}: error {before:.4g} -> {after:.4g}")
     dt = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    bar.close()
     written = student.write_back()
     n = max(len(layers), 1)
     return FinetuneResult("adaround", iters, dt, dt / max(iters * len(layers), 1), total_before / n, total_after / n,
@@ -257,7 +245,6 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
                    train_weights: bool = False, seed: int = 0, progress: bool | None = None,
                    diagnostics: DiagnosticEngine | None = None, max_samples: int = 256) -> str:
     """``qcompiler finetune``: load, train, write back, verify, save atomically."""
-    import sys
 
     from ..calib.data import as_data_source
     from ..ir import load_model, save_model, verify_graph
@@ -269,7 +256,7 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
     data = as_data_source(calib_data, **(calib_options or {}))
     data.check_signature(fp32)
     batches = collect_inputs(data, fp32, (calib_options or {}).get("max_samples") or max_samples, diags)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = mode_for(progress)
     if method == "adaround":
         res = adaround(qdq, fp32, batches, iters=iters or 500, lr=lr or 1e-2, seed=seed, progress=show)
     else:

@@ -29,6 +29,7 @@ from ..ir.io import copy_graph
 from ..ir.query import known_nonnegative, rank
 from ..ir.runtime import Session
 from ..ir.shapes import infer_shapes
+from ..progress import Progress
 from .data import CalibData, static_dim
 from .observers import ObserverConfig, TensorStats
 
@@ -49,7 +50,7 @@ class CollectOptions:
     threads: int | None = None
     opt_level: str = "all"
     hist_sample: int = 0  # histogram every k-th element of each sample (0: auto, 1: all)
-    progress: bool = False
+    progress: str = "off"  # bar | lines | off (qcompiler/progress.py)
     #: run onnxruntime on slices of each batch whose exposed tensors total at most this many MiB
     #: (0: whole batches).  Statistics do not depend on it (see :func:`sample_view`).
     run_budget_mib: float = DEFAULT_RUN_BUDGET_MIB
@@ -150,11 +151,7 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
     index = {n: i for i, n in enumerate(out_names)}
     stats = {p.name: TensorStats(p.name, p.cfg) for p in probes}
     need_feed = set(sess.input_names)
-    bar = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="sample", desc="calibrate", leave=False, dynamic_ncols=True)
+    bar = Progress("calibrate", total=data.size_hint(), unit="samples", mode=opts.progress)
     t_run = t_stats = 0.0
     samples = 0
     # slices of a batch give the same statistics (min/max and per-sample histogram subsampling do not see
@@ -190,12 +187,14 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                     step = max(1, int(opts.run_budget_mib * (1 << 20) // max(per_sample, 1.0)))
                 for p in probes:
                     st = stats[p.name]
+                    if st.non_finite is not None:
+                        continue  # cannot be quantized whatever comes next
                     x = feeds[p.name] if p.mode == "input" else vals[index[p.name]].numpy()  # no copy
                     mn, mx = _np_minmax(x, p.cfg.axis, p.nonneg)
                     if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
-                        raise CalibrationError(f"tensor '{p.name}' takes non-finite values on the batch starting "
-                                               f"at sample {first + start}", code="QC406",
-                                               hint="the model overflows or divides by zero on this data")
+                        # an additive attention mask (-inf / finfo.min), an overflow: no scale can carry it
+                        st.non_finite = first + start
+                        continue
                     st.update_minmax(mn, mx, n)
                     if p.cfg.needs_hist():
                         st.update_hist(sample_view(x, n, opts.hist_sample, b.batch_axis), float(np.min(mn)),
@@ -203,11 +202,9 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                 del vals
                 t_stats += time.perf_counter() - tb
                 samples += n
-                if bar is not None:
-                    bar.update(n)
+                bar.update(n)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         sess.close()
     if timings is not None:
         timings["calibrate.build"] = timings.get("calibrate.build", 0.0) + t_build

@@ -79,6 +79,12 @@ class CalibData:
     def location(self) -> str | None:
         return self.source.location()
 
+    def size_hint(self) -> int | None:
+        """About how many samples the batches will hold (progress displays)."""
+        n = self.source.size_hint()
+        limit = self.options.max_samples
+        return n if limit is None else (limit if n is None else min(n, limit))
+
     def labels(self) -> np.ndarray | None:
         lab = self.source.labels()
         if lab is not None and self.options.max_samples:

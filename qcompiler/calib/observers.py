@@ -108,6 +108,8 @@ class TensorStats:
     hist: np.ndarray | None = None  # int64 [2*bins]
     hist_exp: int = -100  # R = 2**hist_exp
     range: tuple[np.ndarray, np.ndarray] | None = None  # chosen (lo, hi) after finalize
+    #: index of the first sample on which the tensor took NaN or +-inf (it cannot be quantized), else None
+    non_finite: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- updates ---------------------------------------------------------------------------
@@ -158,6 +160,10 @@ class TensorStats:
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Combine with the stats of a later shard of the same data (exact for min/max/histograms)."""
         out = TensorStats(self.name, self.config, self.count + other.count, self.batches + other.batches)
+        if self.non_finite is not None:
+            out.non_finite = self.non_finite
+        elif other.non_finite is not None:  # sample indices of the later shard start after this one's
+            out.non_finite = other.non_finite + int(self.extra.get("samples", 0))
         for key, fn in (("min", np.minimum), ("max", np.maximum)):
             a, b = getattr(self, key), getattr(other, key)
             setattr(out, key, b if a is None else a if b is None else fn(a, b))
@@ -207,6 +213,8 @@ class TensorStats:
             d["hist"] = {"exp": self.hist_exp, "index": nz.tolist(), "count": self.hist[nz].tolist()}
         if self.range is not None:
             d["range"] = [np.asarray(self.range[0]).tolist(), np.asarray(self.range[1]).tolist()]
+        if self.non_finite is not None:
+            d["non_finite"] = self.non_finite
         return d
 
     @staticmethod
@@ -225,6 +233,7 @@ class TensorStats:
             st.hist, st.hist_exp = h, int(d["hist"]["exp"])
         if "range" in d:
             st.range = (np.asarray(d["range"][0]), np.asarray(d["range"][1]))
+        st.non_finite = d.get("non_finite")
         return st
 
 

@@ -111,6 +111,10 @@ class DataSource:
     def fingerprint(self) -> str | None:
         return None
 
+    def size_hint(self) -> int | None:
+        """About how many samples (or feeds) there are, for progress displays (None: unknown)."""
+        return None
+
     def location(self) -> str | None:
         """The file or folder the data is read from (None for in-memory data)."""
         return None
@@ -151,6 +155,10 @@ class NpzSource(FileSource):
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: a.shape for k, a in self.arrays.items() if k not in LABEL_KEYS}
+
+    def size_hint(self) -> int | None:
+        rows = [a.rows_total for k, a in self.arrays.items() if k not in LABEL_KEYS]
+        return min(rows) if rows else None
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         keys = [k for k in self.arrays if k not in LABEL_KEYS]
@@ -195,6 +203,9 @@ class FolderSource(FileSource):
         if self.layout == "batch":
             self.default_batch = 8
 
+    def size_hint(self) -> int | None:
+        return len(self.files)
+
     def keys(self) -> list[str] | None:
         f = self.files[0]
         if f.suffix.lower() == ".npz":
@@ -227,6 +238,9 @@ class NpyFileSource(FileSource):
         self.description = f"'{self.path}'"
         self.array = NpyArray(self.path, None, self.description)
 
+    def size_hint(self) -> int | None:
+        return self.array.rows_total
+
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         for block in self.array.iter_rows(rows):
             yield Chunk({}, str(self.path), unnamed=block, layout="batch")
@@ -243,6 +257,9 @@ class ImageFolderSource(FileSource):
         if not self.files:
             raise CalibrationError(f"folder '{self.path}' holds no images", code="QC401")
         self.pp = parse_preprocess(preprocess)
+
+    def size_hint(self) -> int | None:
+        return len(self.files)
 
     def bind(self, graph: gs.Graph) -> None:
         if len(graph.inputs) != 1:
@@ -309,6 +326,9 @@ class IterableSource(DataSource):
     def fingerprint(self) -> str | None:
         return self.cache_key
 
+    def size_hint(self) -> int | None:
+        return len(self.data) if hasattr(self.data, "__len__") else None
+
 
 class ArraySource(DataSource):
     """In-memory arrays keyed by input name (samples on axis 0, or the given layout)."""
@@ -322,6 +342,10 @@ class ArraySource(DataSource):
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self.arrays.items() if k not in LABEL_KEYS}
+
+    def size_hint(self) -> int | None:
+        rows = [len(v) for k, v in self.arrays.items() if k not in LABEL_KEYS and v.ndim]
+        return min(rows) if rows else None
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         keys = [k for k in self.arrays if k not in LABEL_KEYS]
@@ -376,6 +400,9 @@ class RandomSource(DataSource):
                 arrays[s.name] = rng.standard_normal(shape).astype(s.dtype) if np.issubdtype(s.dtype, np.floating) \
                     else rng.integers(0, 4, shape).astype(s.dtype)
             yield Chunk(arrays, layout="batch")
+
+    def size_hint(self) -> int | None:
+        return self.samples
 
     def fingerprint(self) -> str:
         return f"random:{self.samples}:{self.seed}:" + ",".join(f"{s.name}{s.shape}" for s in self.specs)

@@ -43,7 +43,11 @@ class CalibrationStats(State):
 
     def finalize(self) -> None:
         for st in self.tensors.values():
-            st.range = compute_range(st)
+            st.range = None if st.non_finite is not None else compute_range(st)
+
+    def non_finite(self) -> dict[str, int]:
+        """Tensors that took NaN or +-inf (an additive attention mask): tensor -> first sample it happened on."""
+        return {n: st.non_finite for n, st in self.tensors.items() if st.non_finite is not None}
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors

@@ -7,7 +7,6 @@ passes hand each other lives in :attr:`PassContext.state`, typed objects bound t
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +58,8 @@ class PassContext:
         kw.setdefault("pass_name", self.current_pass)
         return self.diagnostics.error(code, message, **kw)
 
-    def show_progress(self) -> bool:
-        if self.progress is not None:
-            return self.progress
-        return sys.stderr.isatty()
+    def progress_mode(self) -> str:
+        """``bar`` on a terminal, ``lines`` in a log, ``off`` when asked (qcompiler/progress.py)."""
+        from ..progress import mode_for
+
+        return mode_for(self.progress)

@@ -289,7 +289,8 @@ class _Linter:
                 # a weight quantized from a run-time tensor (a graph input, a computed value): TensorRT cannot
                 # take it as int8 kernel weights.  A MatMul of two activations (attention) is fine per tensor.
                 src = self._runtime_source(w)
-                per_channel = (const_value(wdq.inputs[1]) is not None and const_value(wdq.inputs[1]).size > 1)
+                wscale = const_value(wdq.inputs[1])
+                per_channel = wscale is not None and wscale.size > 1
                 if n.op != "MatMul" or per_channel:
                     self.err("L9", n.name, f"the weight of {n.name} ({n.op}) is quantized from the run-time tensor "
                                            f"'{src}', not from a constant",

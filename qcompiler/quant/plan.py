@@ -78,6 +78,29 @@ class Plan:
     def summary(self) -> dict[str, int]:
         return {"activations": len(self.acts), "weights": len(self.weights), "float_layers": len(self.float_nodes)}
 
+    def keep_float(self, tensors: set[str], why: str) -> list[str]:
+        """Leave these activations unquantized (and every tensor sharing a scale with one of them); a weighted
+        layer reading one stays float too (a layer with only its weight quantized runs no faster and loses
+        accuracy).  Returns the layers that became float; ``why`` says why (``{tensor}`` is filled in)."""
+        bad = set(tensors)
+        for g in self.groups:
+            if bad & set(g):
+                bad |= set(g)
+        weighted = {w.node for w in self.weights}
+        floated: dict[str, str] = {}
+        for a in self.acts:
+            if a.tensor in bad:
+                for consumer, _ in a.edges:
+                    if consumer in weighted:
+                        floated.setdefault(consumer, a.tensor)
+        self.acts = [a for a in self.acts if a.tensor not in bad]
+        self.groups = [g for g in self.groups if not bad & set(g)]
+        self.stats_only = {t: s for t, s in self.stats_only.items() if t not in bad}
+        self.weights = [w for w in self.weights if w.node not in floated]
+        for layer, t in floated.items():
+            self.float_nodes[layer] = why.format(tensor=t)
+        return sorted(floated)
+
 
 # --------------------------------------------------------------------------------------------
 # graph helpers

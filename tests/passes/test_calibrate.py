@@ -96,3 +96,48 @@ def test_random_calibration_only_when_allowed(resnet):
     ctx = PassContext(allow_random_calibration=True)
     run_pipeline(g, "calibrate", ctx)
     assert any(d.code == "QC407" for d in ctx.diagnostics)
+
+
+def _masked_attention():
+    """q = xWq, k = xWk, v = xWv; softmax(q k^T + where(mask == 0, -inf, 0)) v Wo: the additive mask is -inf."""
+    from ..builders import G
+
+    b = G(seed=4)
+    x = b.input("x", ["N", 8, 32])
+    b.input("mask", ["N", 8], 7)
+    q, k, v = (b.matmul(x, 32, 32) for _ in range(3))
+    s = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 2, 1])])
+    cond = b.node("Equal", ["mask", b.init(np.array(0, np.int64))])
+    bias = b.node("Where", [cond, b.init(np.array(-np.inf, np.float32)), b.init(np.array(0.0, np.float32))])
+    a = b.node("Add", [s, b.node("Unsqueeze", [bias, b.init(np.array([1], np.int64))])])
+    o = b.node("MatMul", [b.node("Softmax", [a], axis=-1), v])
+    b.output(b.matmul(o, 32, 32))
+    return b.model()
+
+
+@pytest.mark.parametrize("pipeline", ["ort-int8", "trt-int8"])
+def test_a_tensor_with_infinite_values_stays_float_and_the_run_goes_on(tmp_path, pipeline):
+    import onnx
+
+    from qcompiler.api import compile_model
+    from qcompiler.diagnostics import DiagnosticEngine
+    from qcompiler.quant.lint import lint_model
+    from qcompiler.testing import run, sqnr_db
+
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(_masked_attention(), src)
+    rng = np.random.default_rng(0)
+    mask = np.ones((32, 8), np.int64)
+    mask[:, 6:] = 0  # padding
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=rng.standard_normal((32, 8, 32)).astype(np.float32), mask=mask)
+    diags = DiagnosticEngine()
+    compile_model(src, out, pipeline, calib_data=str(calib), diagnostics=diags)
+    if pipeline == "ort-int8":  # quantizes the mask Add's inputs: the -inf one must stay float
+        assert any(d.code == "QC406" and "non-finite" in d.message and "stays float" in d.message for d in diags)
+    feeds = {"x": rng.standard_normal((4, 8, 32)).astype(np.float32), "mask": mask[:4]}
+    ref, got = run(load_model(src), feeds), run(load_model(out), feeds)
+    (name,) = ref
+    assert np.all(np.isfinite(got[name])) and sqnr_db(ref[name], got[name]) > 25
+    if pipeline == "trt-int8":
+        assert lint_model(out).n_errors == 0
