@@ -19,14 +19,27 @@ CONSTANT_FORMS = ("initializers", "constant-nodes", "identity", "identity-consta
 OTHER_FORMS = ("opset-11", "opset-13", "opset-17", "opset-21", "symbolic-batch")
 
 
+class FormUnavailable(ValueError):
+    """The model cannot be written in that form (onnx's version converter lacks an adapter)."""
+
+
 def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(m)
     return out
 
 
+def _drop_initializer_inputs(g: onnx.GraphProto) -> None:
+    """Initializers also listed as graph inputs (IR < 4 exporters) stop being inputs once they become nodes."""
+    inits = {t.name for t in g.initializer}
+    keep = [i for i in g.input if i.name not in inits]
+    del g.input[:]
+    g.input.extend(keep)
+
+
 def _constant_nodes(m: onnx.ModelProto, behind_identity: bool) -> onnx.ModelProto:
     g = m.graph
+    _drop_initializer_inputs(g)
     nodes = []
     for t in g.initializer:
         name = t.name
@@ -46,6 +59,7 @@ def _constant_nodes(m: onnx.ModelProto, behind_identity: bool) -> onnx.ModelProt
 
 def _identity(m: onnx.ModelProto) -> onnx.ModelProto:
     g = m.graph
+    _drop_initializer_inputs(g)
     nodes = []
     for t in g.initializer:
         name = t.name
@@ -98,7 +112,15 @@ def rewrite(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
         current = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
         if current == target:
             return m
-        out = version_converter.convert_version(m, target)
+        try:
+            out = version_converter.convert_version(m, target)
+        except RuntimeError as exc:  # onnx has no adapter for some op between the two opsets
+            raise FormUnavailable(f"opset {current} -> {target}: {str(exc).splitlines()[-1][:200]}") from exc
         out.ir_version = min(out.ir_version, 10)
+        try:  # the converter can write invalid models (an attribute the target opset lacks)
+            onnx.checker.check_model(out)
+        except onnx.checker.ValidationError as exc:
+            raise FormUnavailable(f"opset {current} -> {target}: the converter's output is invalid: "
+                                  f"{str(exc).splitlines()[0][:200]}") from exc
         return out
     raise ValueError(f"unknown form '{form}' (forms: {', '.join(CONSTANT_FORMS + OTHER_FORMS)})")

@@ -113,13 +113,12 @@ class Layer:
             if W.ndim < 3:
                 raise NotALayer("weight rank < 3")
             geo = LayerGeometry.of(node, W.shape)
-            assert geo is not None
+            if geo is None:
+                raise NotALayer(f"group={attr(node, 'group', 1)} does not divide the {W.shape[0]} output channels")
             if len(node.inputs) > 2 and node.inputs[2].name:
                 b = const_value(node.inputs[2])
                 if b is None:
                     raise NotALayer(f"bias '{node.inputs[2].name}' is not a constant")
-            if kind is LayerKind.CONV and W.shape[0] % geo.group:
-                raise NotALayer("output channels not divisible by group")
             return Layer(node, geo, W, None if b is None else b.astype(W.dtype).reshape(-1))
         if kind is LayerKind.GEMM:
             if W.ndim != 2:

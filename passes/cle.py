@@ -76,6 +76,9 @@ class CLE(Pass):
         for node, why in skipped:
             ctx.remark("QC302", f"cle: {node.name} starts no pair: {why}", node=node.name)
         if not pairs:
+            if skipped:  # there were layers to start from, and every one was refused
+                ctx.warning("QC302", f"cle found no layer pair to equalize ({len(skipped)} layer(s) refused, e.g. "
+                                     f"{skipped[0][0].name}: {skipped[0][1]}); -v lists them")
             ctx.state.put(CLEReport([]))
             return PassResult(False, {"pairs": 0})
         names = Namer(graph)

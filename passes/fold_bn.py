@@ -80,7 +80,8 @@ class FoldBN(Pass):
 
         inferred = shapes_changed = False
 
-        for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        bns = [n for n in graph.nodes if n.op == "BatchNormalization"]
+        for bn in bns:
             reason = self._check_bn(bn)
             if reason:
                 ctx.remark("QC302", f"fold-bn skipped {bn.name}: {reason}", node=bn.name)
@@ -124,6 +125,11 @@ class FoldBN(Pass):
             ctx.remark("QC302", f"fold-bn rewrote {bn.name} to Mul+Add: {why}", node=bn.name)
             bump("mul_add")
         ctx.state.put(bn_stats)
+        n_bn = len(bns)
+        if n_bn and not stats.get("folded"):
+            kinds = ", ".join(f"{v} {k.split('.')[-1].replace('_', ' ')}" for k, v in sorted(stats.items()))
+            ctx.warning("QC302", f"fold-bn folded none of the {n_bn} BatchNormalization node(s) ({kinds}); -v "
+                                 "names each one and why")
         if stats.get("folded") or stats.get("mul_add"):
             graph.cleanup(remove_unused_graph_inputs=False)
         return PassResult(bool(stats.get("folded") or stats.get("mul_add") or shapes_changed), stats)
@@ -138,8 +144,14 @@ class FoldBN(Pass):
         if len(bn.inputs) != 5:
             return f"expected 5 inputs, found {len(bn.inputs)}"
         for i, what in zip(range(1, 5), ("scale", "bias", "mean", "var")):
-            if const_value(bn.inputs[i]) is None:
+            v = const_value(bn.inputs[i])
+            if v is None:
                 return f"its {what} '{bn.inputs[i].name}' is not a constant"
+            if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                return f"its {what} '{bn.inputs[i].name}' holds NaN or Inf"
+        eps = float(attr(bn, "epsilon", 1e-5))
+        if not np.isfinite(eps) or eps < 0:
+            return f"epsilon={eps} is not a finite non-negative number"
         return None
 
     @staticmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import ensure_sorted
+from qcompiler.ir.io import read_external
 
 from qcompiler.pm import Pass, PassResult, option
 
@@ -32,6 +33,7 @@ class FoldConstants(Pass):
         before_nodes = len(graph.nodes)
         before_consts = sum(1 for t in graph.tensors().values() if isinstance(t, gs.Constant))
         ensure_sorted(graph)
+        _read_folded_external(graph)
         graph.fold_constants(fold_shapes=self.options.fold_shapes, error_ok=True,
                              size_threshold=self.options.size_limit, flatten_subgraphs=False)
         graph.cleanup(remove_unused_graph_inputs=False)
@@ -42,3 +44,21 @@ class FoldConstants(Pass):
         if removed:
             stats["nodes_folded"] = removed
         return PassResult(removed != 0 or after_consts != before_consts, stats)
+
+
+#: never folded (graphsurgeon leaves them too): weight Q/DQ must stay visible to TensorRT
+_KEEP = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _read_folded_external(graph: gs.Graph) -> None:
+    """Read into memory the external constants that feed a foldable node (all inputs constant, propagated), and
+    only those: graphsurgeon evaluates on an exported copy where a data file cannot be found, so a Transpose of
+    an external weight would silently stay unfolded.  Weights that only feed layers stay on disk."""
+    constant = {id(t) for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    for node in graph.nodes:  # topological order
+        if node.op in _KEEP or not node.inputs or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            continue
+        if all(id(i) in constant for i in node.inputs if i.name):
+            for i in node.inputs:
+                read_external(i)
+            constant |= {id(o) for o in node.outputs}

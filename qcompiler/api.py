@@ -15,10 +15,12 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from .diagnostics import DiagnosticEngine, QCompilerError, Severity, UsageError
+from .diagnostics import DiagnosticEngine, ModelLoadError, QCompilerError, Severity, UsageError
 from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
+from .ir.constants import normalize_constants
 from .ir.shapes import reconcile_shapes
+from .ir.verify import type_problems
 from .ir.io import get_meta, writable_parent
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
 from .pm.manager import initial_facts
@@ -92,8 +94,10 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   seed: int = 0, progress: bool | None = None, threads: int | None = None,
                   allow_random_calibration: bool = False, calib_options: dict[str, Any] | None = None,
                   save_recipe: bool = True, state: str | os.PathLike | None = None,
-                  registry: Registry | None = None) -> CompileResult:
+                  registry: Registry | None = None, werror: bool = False) -> CompileResult:
     """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically.
+
+    ``werror``: a warning (a pass that did nothing, a layer that fell back) fails the run and writes nothing.
 
     ``state`` is a folder of pass state saved by a reproducer (``DIR/state``): the pipeline starts with it,
     so a saved ``insert-qdq`` failure replays with its calibration statistics."""
@@ -106,12 +110,16 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     if state is not None:
         ctx.state, saved_facts = StateStore.load(Path(state))
         ctx.facts |= saved_facts
-    graph = load_model(input_path)
-    verify_graph(graph)
+    graph = load_model(input_path, normalize=False)
+    verify_graph(graph)  # the file as it is: normalizing an invalid graph could hide what is wrong with it
+    normalize_constants(graph)
     if input_shapes:
         fix_input_shapes(graph, input_shapes)
     for line in reconcile_shapes(graph):  # declared shapes are hints: wrong ones must not steer the passes
         diags.remark("QC212", f"declared shape corrected: {line}")
+    for p in type_problems(graph)[:1]:  # a graph onnxruntime and TensorRT would refuse: say so before any pass
+        raise ModelLoadError(f"{input_path}: the model is not valid: {p.message}", code="QC203", node=p.node,
+                             location=str(input_path), hint="fix or re-export the model")
     instruments: list[Any] = []
     if dump_ir:
         instruments.append(DumpIR(dump_ir))
@@ -128,6 +136,12 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
         first = diags.errors[0]
         raise QCompilerError(first.message, code=first.code, node=first.node, pass_name=first.pass_name,
                              hint=first.hint)
+    warnings = [d for d in diags if d.severity == Severity.WARNING]
+    if werror and warnings:
+        w = warnings[0]
+        more = f" (and {len(warnings) - 1} more warning(s))" if len(warnings) > 1 else ""
+        raise QCompilerError(f"{w.message}{more}", code=w.code, node=w.node, pass_name=w.pass_name,
+                             hint="warnings are errors here (--Werror); nothing was written")
     meta = get_meta(graph)
     meta.metadata_props["qcompiler.pipeline"] = str(spec)
     from . import __version__

@@ -139,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print output SQNR vs the input model (and top-1 if labels are in the calibration data)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default 0)")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto", help="progress bars")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress of long steps: auto (a bar on a terminal, plain lines in a log; off with -q), "
+                        "on, off")
+    p.add_argument("--Werror", action="store_true",
+                   help="treat warnings (a pass that did nothing, a layer that fell back) as errors: exit 1, "
+                        "nothing written")
     _add_diag_args(p)
 
     p = _sub(sub, "passes", "list passes and named pipelines, or describe one")
@@ -219,7 +224,10 @@ def _emit(diags: list[Diagnostic], args, stream=None) -> None:
 
 
 def _progress(args) -> bool | None:
+    """``--progress auto|on|off``; ``-q`` (print only errors) means off unless ``--progress on`` asks for it."""
     v = getattr(args, "progress", "auto")
+    if v == "auto" and getattr(args, "quiet", False):
+        return False
     return None if v == "auto" else v == "on"
 
 
@@ -255,7 +263,7 @@ def cmd_compile(args) -> int:
                             dump_ir=args.dump_ir, timing=args.timing, reproducer=args.reproducer, diagnostics=diags,
                             external_data=args.external_data, seed=args.seed, progress=_progress(args),
                             threads=args.threads, allow_random_calibration=args.allow_random_calibration,
-                            calib_options=_calib_options(args), state=args.state)
+                            calib_options=_calib_options(args), state=args.state, werror=args.Werror)
     except QCompilerError:
         _emit(list(diags), args)
         raise

@@ -20,8 +20,13 @@ _SYMBOLIC_DEFAULT = 1
 
 
 def _as_graph(model: Any) -> gs.Graph:
+    """A graph from a graph, a ModelProto or a path."""
     if isinstance(model, gs.Graph):
         return model
+    if hasattr(model, "graph") and hasattr(model, "SerializeToString"):
+        from .ir import import_model
+
+        return import_model(model, normalize=False)
     return load_model(model)
 
 

@@ -55,3 +55,6 @@ def test_compile_in_a_log_reports_calibration_and_bias_correction(zoo, tmp_path,
     assert main(["compile", str(src), "-o", str(tmp_path / "q2.onnx"), "--pipeline", "trt-int8", "--calib-data",
                  calib, "--progress", "off"]) == 0
     assert "[calibrate]" not in capsys.readouterr().err
+    assert main(["compile", str(src), "-o", str(tmp_path / "q3.onnx"), "--pipeline", "trt-int8", "--calib-data",
+                 calib, "-q"]) == 0
+    assert capsys.readouterr().err == ""  # -q: errors only

@@ -1,7 +1,9 @@
 """.npy arrays in a file or an .npz member, read by rows without loading the rest.
 
-* A ``.npy`` file, or an ``.npz`` member stored without compression (``numpy.savez``), is memory-mapped:
-  reading rows costs only those rows, and the operating system can drop the pages again.
+* A ``.npy`` file, or an ``.npz`` member stored without compression (``numpy.savez``), is read at the
+  rows' file offset: reading rows costs only those rows.  (Not memory-mapped: the pages of a mapping that
+  calibration walks through stay in the process's resident set until it is unmapped, so peak RSS would grow
+  with the file: +63 % at 256 vs 32 samples of a 224x224 model, docs/benchmarks.md.)
 * A compressed member (``numpy.savez_compressed``) is decompressed as a stream, rows in order.
 * A Fortran-ordered or 0-d array cannot be read by rows and is loaded whole (numpy writes C order by
   default, so this is rare; the array is one feed's worth at most in practice).
@@ -31,7 +33,7 @@ class NpyArray:
 
     def __init__(self, path: Path, member: str | None, label: str):
         self.path, self.member, self.label = Path(path), member, label
-        self._mmap_offset: int | None = None
+        self._data_offset: int | None = None
         try:
             with self._open() as f:
                 self.shape, self.fortran, self.dtype = _read_header(f)
@@ -45,9 +47,9 @@ class NpyArray:
             raise CalibrationError(f"{label} holds Python objects, not numbers", code="QC402")
         if not self.fortran and self.shape:
             if member is None:
-                self._mmap_offset = header_end
+                self._data_offset = header_end
             else:
-                self._mmap_offset = self._stored_member_offset(header_end)
+                self._data_offset = self._stored_member_offset(header_end)
 
     def _open(self) -> Any:
         if self.member is None:
@@ -78,16 +80,25 @@ class NpyArray:
         return self.shape[0] if self.shape else 1
 
     @property
-    def memory_mapped(self) -> bool:
-        return self._mmap_offset is not None
+    def seekable(self) -> bool:
+        """The data sits uncompressed at a known file offset (rows can be read anywhere)."""
+        return self._data_offset is not None
 
-    def _memmap(self) -> np.ndarray:
-        assert self._mmap_offset is not None
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self._mmap_offset, shape=self.shape)
+    def _row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def _read_rows(self, f: BinaryIO, start: int, k: int) -> np.ndarray:
+        assert self._data_offset is not None
+        out = np.empty((k,) + self.shape[1:], dtype=self.dtype)
+        f.seek(self._data_offset + start * self._row_bytes())
+        if f.readinto(memoryview(out).cast("B")) != out.nbytes:  # type: ignore[attr-defined]
+            raise CalibrationError(f"{self.label} is truncated", code="QC402")
+        return out
 
     def read_all(self) -> np.ndarray:
-        if self.memory_mapped:
-            return np.asarray(self._memmap())
+        if self.seekable:
+            with open(self.path, "rb") as f:
+                return self._read_rows(f, 0, self.shape[0])
         with self._open() as f:
             return np.lib.format.read_array(f)
 
@@ -98,12 +109,12 @@ class NpyArray:
             yield self.read_all()
             return
         n = self.shape[0]
-        if self.memory_mapped:
-            mm = self._memmap()
-            for start in range(0, n, step):
-                yield mm[start:start + step]
+        if self.seekable:
+            with open(self.path, "rb") as f:
+                for start in range(0, n, step):
+                    yield self._read_rows(f, start, min(step, n - start))
             return
-        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        row_bytes = self._row_bytes()
         with self._open() as f:
             _read_header(f)
             left = n

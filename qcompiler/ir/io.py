@@ -362,6 +362,18 @@ def external_ref(t: gs.Tensor) -> tuple[str, int, int] | None:
     return (v.file, v.offset, v.length) if isinstance(v, ExternalValues) else None
 
 
+def read_external(t: gs.Tensor) -> bool:
+    """Read a constant's external bytes into memory (a numpy array, no longer marked external); True if it was
+    external.  For code that hands the graph to another tool (graphsurgeon's folding runs onnxruntime on an
+    exported copy, which cannot resolve a data file relative to the model)."""
+    if external_ref(t) is None:
+        return False
+    assert isinstance(t, gs.Constant)
+    t.values = np.array(t.values)
+    t.data_location = None
+    return True
+
+
 def constant_nbytes(t: gs.Constant) -> int:
     """Bytes a constant's values take, without reading external or proto-held data."""
     v = t._values
@@ -465,20 +477,25 @@ def choose_ir_version(model: onnx.ModelProto, previous: int | None) -> int:
     return min(need, MAX_IR_VERSION)
 
 
-def _wrap_packed_constants(graph: gs.Graph) -> None:
-    """4-bit (and other sub-byte) numpy constants go to the exporter as ONNX protos: graphsurgeon would write
-    one byte per element, onnx packs two (a constant becomes numpy when a pass reads its values)."""
+def _prepare_constants(graph: gs.Graph) -> None:
+    """Before export: a constant whose external values were read (a pass touched ``.values``: graphsurgeon keeps
+    the loaded array but also the EXTERNAL mark, which would export a tensor pointing nowhere) is in memory now;
+    4-bit (and other sub-byte) numpy constants go to the exporter as ONNX protos (graphsurgeon would write one
+    byte per element, onnx packs two)."""
     for g in iter_graphs(graph):
         for t in g.tensors().values():
-            if isinstance(t, gs.Constant) and isinstance(t._values, np.ndarray) and \
-                    t._values.dtype.name in ("int4", "uint4", "float4_e2m1fn"):
+            if not isinstance(t, gs.Constant):
+                continue
+            if t.data_location is not None and not isinstance(t._values, ExternalValues):
+                t.data_location = None
+            if isinstance(t._values, np.ndarray) and t._values.dtype.name in ("int4", "uint4", "float4_e2m1fn"):
                 t._values = LazyValues(onnx.numpy_helper.from_array(t._values, t.name))
 
 
 def export_model(graph: gs.Graph, *, do_type_check: bool = False) -> onnx.ModelProto:
     """Turn a graph back into a ModelProto.  Lazily loaded external tensors stay external (no bytes)."""
     meta = get_meta(graph)
-    _wrap_packed_constants(graph)
+    _prepare_constants(graph)
     try:
         model = gs.export_onnx(graph, do_type_check=do_type_check)
     except Exception as exc:
@@ -559,10 +576,14 @@ def _inline_external(model: onnx.ModelProto, lazy: dict[str, ExternalValues]) ->
     """Put the bytes of every external tensor into the proto itself."""
     for t in _all_tensor_protos(model.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            payload = _tensor_bytes(t, lazy)
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = payload
+            _inline_one(t, lazy)
+
+
+def _inline_one(t: onnx.TensorProto, lazy: dict[str, ExternalValues]) -> None:
+    payload = _tensor_bytes(t, lazy)
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.DEFAULT
+    t.raw_data = payload
 
 
 def writable_parent(out: Path) -> Path:
@@ -627,7 +648,11 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
             with os.fdopen(fd, "wb") as f:
                 offset = 0
                 for t in _all_tensor_protos(model.graph):
-                    if tensor_nbytes(t) < size_threshold and t.data_location != onnx.TensorProto.EXTERNAL:
+                    if tensor_nbytes(t) < size_threshold:
+                        if t.data_location == onnx.TensorProto.EXTERNAL:
+                            # small tensors (axes, shapes, scales) inline, even when the input kept them outside:
+                            # onnx shape inference and other tools cannot read external data
+                            _inline_one(t, lazy)
                         continue
                     pad = (-offset) % 64
                     if pad:

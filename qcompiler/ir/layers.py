@@ -86,6 +86,8 @@ class LayerGeometry:
                     return None
                 weight_shape = tuple(w.shape)
         group = int(attr(node, "group", 1)) if kind.is_conv else 1
+        if group < 1 or (kind is LayerKind.CONV and (not weight_shape or weight_shape[0] % group)):
+            return None  # an invalid group (the model is broken): not a layer the passes can reason about
         trans_b = kind is LayerKind.GEMM and bool(int(attr(node, "transB", 0)))
         return LayerGeometry(kind, tuple(weight_shape), group, trans_b)
 

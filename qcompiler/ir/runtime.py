@@ -53,19 +53,30 @@ def _light_model(graph: gs.Graph) -> tuple[bytes, list[str], list[np.ndarray]]:
     import onnx
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
-    from .io import export_model
+    from .io import export_model, iter_graphs
 
     swapped: list[tuple[gs.Constant, object]] = []
     names: list[str] = []
     arrays: list[np.ndarray] = []
     try:
-        for t in graph.tensors().values():
+        top = graph.tensors()
+        for sub in iter_graphs(graph):  # subgraph weights still in the source's data file: inline them
+            if sub is graph:
+                continue
+            for t in sub.tensors().values():
+                if isinstance(t, gs.Constant) and hasattr(t._values, "file") and t.name not in top:
+                    swapped.append((t, t._values))
+                    t._values = np.array(t.values)
+        for t in top.values():
             if not isinstance(t, gs.Constant):
                 continue
             v = t._values
             from_file = hasattr(v, "file")  # external data of the source model: always materialize
             nbytes = getattr(v, "nbytes", 0)
-            if nbytes < EXTERNAL_MIN_BYTES and not from_file:
+            if nbytes < EXTERNAL_MIN_BYTES:
+                if from_file:  # small (axes, shapes): inline, onnxruntime's shape inference reads them
+                    swapped.append((t, v))
+                    t._values = np.array(t.values)
                 continue
             if isinstance(v, LazyValues) and not from_file and v.tensor.data_type not in _NATIVE_ONNX:
                 continue  # an fp8/int4/... proto: keep it inline

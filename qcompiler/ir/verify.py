@@ -8,7 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import VerificationError
-from .io import export_model, model_nbytes, PROTO_LIMIT
+from .io import PROTO_LIMIT, _all_tensor_protos, export_model, model_nbytes, tensor_nbytes
 
 #: Operator domains that onnxruntime and TensorRT know (others need a custom-op library).
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "trt", "ai.onnx.preview.training"}
@@ -86,9 +86,12 @@ def structural_problems(graph: gs.Graph) -> list[Problem]:
 
 def checker_problems(graph: gs.Graph, *, full_check: bool = False) -> list[Problem]:
     model = export_model(graph)
-    if model_nbytes(model) > PROTO_LIMIT // 2:
-        # Large models: check the structure only, with weights stripped (the checker never needs values).
+    if model_nbytes(model) > PROTO_LIMIT // 2 or any(
+            t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        # Large models, and weights still in an external file (the checker would look for it relative to the
+        # working directory): check the structure with weights stripped (the checker never needs values).
         model = strip_weights(model)
+    _zero_external(model.graph)
     try:
         onnx.checker.check_model(model, full_check=full_check)
     except onnx.checker.ValidationError as exc:
@@ -101,6 +104,36 @@ def checker_problems(graph: gs.Graph, *, full_check: bool = False) -> list[Probl
         return [Problem(f"onnx.checker: {msg}", node)]
     except Exception as exc:  # shape inference errors from full_check
         return [Problem(f"onnx.checker: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")]
+    return []
+
+
+def _zero_external(graph: onnx.GraphProto) -> None:
+    """External tensors left (in subgraphs, or small): zero bytes in the proto, for the checker's eyes only."""
+    for t in _all_tensor_protos(graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            n = tensor_nbytes(t)
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = bytes(n)
+
+
+def type_problems(graph: gs.Graph) -> list[Problem]:
+    """What strict ONNX type and shape inference finds wrong with the graph (a Conv fed integers, a Gemm whose
+    dimensions cannot match, a bad attribute), declarations of outputs and intermediate tensors ignored: those
+    are hints (qcompiler.ir.shapes.reconcile_shapes corrects them).  Empty when inference succeeds."""
+    model = strip_weights(export_model(graph), keep_below=1 << 16)
+    _zero_external(model.graph)
+    del model.graph.value_info[:]
+    for o in model.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises InferenceError, ValidationError or RuntimeError
+        text = str(exc).strip()
+        node = None
+        if "node name: " in text:
+            node = text.split("node name: ", 1)[1].split(")")[0].strip() or None
+        return [Problem(f"ONNX type/shape inference: {' '.join(text.split())[:400]}", node)]
     return []
 
 
@@ -125,17 +158,24 @@ def strip_weights(model: onnx.ModelProto, keep_below: int = 4096) -> onnx.ModelP
     return out
 
 
-def verify_graph(graph: gs.Graph, *, check: bool = True, full_check: bool = False,
+def verify_graph(graph: gs.Graph, *, check: bool = True, full_check: bool = False, types: bool = False,
                  pass_name: str | None = None, code: str = "QC203") -> None:
-    """Raise VerificationError naming the first problem found (structure first, then onnx.checker)."""
+    """Raise VerificationError naming the first problem found (structure first, then onnx.checker, then, with
+    ``types``, strict type and shape inference: :func:`type_problems`)."""
     problems = structural_problems(graph)
     if not problems and check:
         problems = checker_problems(graph, full_check=full_check)
+    typing = False
+    if not problems and types:
+        problems = type_problems(graph)
+        typing = bool(problems)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise VerificationError(first.message + more, node=first.node, pass_name=pass_name, code=code,
-                                hint=("a pass left the graph invalid; rerun with --reproducer DIR and report it"
+                                hint=("shapes known only now show an error: check that onnxruntime runs the input "
+                                      "model; if it does, rerun with --reproducer DIR and report it" if typing else
+                                      "a pass left the graph invalid; rerun with --reproducer DIR and report it"
                                       if pass_name else "fix or re-export the model"),
                                 extra={"problems": [p.message for p in problems[:20]]})
 

@@ -186,7 +186,10 @@ class PassManager:
             ctx.current_pass = None
         if self.verify_result:
             try:
-                verify_graph(graph, code="QC210", pass_name=result.records[-1].name if result.records else None)
+                # types too: a model onnxruntime would refuse to load is never written (an input whose error
+                # only shows once shapes are known, e.g. a Gemm whose dimensions cannot match)
+                verify_graph(graph, code="QC210", types=True,
+                             pass_name=result.records[-1].name if result.records else None)
             except VerificationError as exc:
                 for inst in self.instruments:
                     inst.on_verification_failure(graph, ctx, exc)

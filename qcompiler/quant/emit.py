@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..diagnostics import CalibrationError, DiagnosticEngine
+from ..diagnostics import CalibrationError, DiagnosticEngine, QCompilerError
 from ..ir.edit import Namer, constant
 from ..ir.query import producer, require_const
 from .plan import ActPoint, Plan, WeightPoint
@@ -235,6 +235,11 @@ class Emitter:
         for wp in self.plan.weights:
             node = nodes[wp.node]
             W = require_const(node.inputs[wp.index], "weight")
+            if W.dtype.kind == "f" and not np.all(np.isfinite(W)):
+                raise QCompilerError(f"the weight '{node.inputs[wp.index].name}' of {node.op} {node.name} holds NaN "
+                                     "or Inf: its scale would be too", code="QC507", node=node.name,
+                                     hint="the model is broken (check the export), or keep the layer float in the "
+                                          "recipe")
             key = (wp.tensor, wp.spec, wp.axis)
             q = weight_qparams(W, wp.spec, wp.axis)
             self.result.weight_qparams[wp.node] = q

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import DiagnosticEngine, RecipeError
 from ..ir.layers import LayerGeometry
-from ..ir.query import const_source, const_value, is_graph_output, produced_by, producer
+from ..ir.query import attr, const_source, const_value, is_graph_output, produced_by, producer
 from .qspec import QSpec
 from .recipe import Recipe
 from .targets import Target, get_target
@@ -220,6 +220,8 @@ class _Planner:
     def request(self, tensor: gs.Tensor, consumer: gs.Node, index: int, spec: QSpec, rule: str) -> None:
         if isinstance(tensor, gs.Constant) or const_value(tensor) is not None or not tensor.name:
             return
+        if self.by_name.get(consumer.name) is not consumer:
+            return  # a node of a subgraph reading an outer tensor: placed with its own graph, not this one
         if tensor.dtype is not None and np.dtype(tensor.dtype).kind != "f":
             return
         if spec.fp8 and not spec.symmetric:
@@ -289,7 +291,9 @@ class _Planner:
                 self.note_float(n, f"its weight is already {W.dtype}")
                 continue
             geo = LayerGeometry.of(n, tuple(W.shape))
-            assert geo is not None
+            if geo is None:
+                self.note_float(n, f"its weight shape {tuple(W.shape)} does not fit group={attr(n, 'group', 1)}")
+                continue
             if skip_small:
                 why = self.target.small_layer_reason(geo, first=is_first,
                                                      fp8=self.fp8 or (cfg.weight is not None and cfg.weight.fp8))

@@ -49,18 +49,18 @@ def test_npz_is_streamed_and_rebatched(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b.feeds["x"] for b in batches]), x)
 
 
-def test_stored_npz_is_memory_mapped_compressed_is_streamed(tmp_path):
+def test_stored_npz_is_read_at_offsets_compressed_is_streamed(tmp_path):
     x = _arr(13)
     np.savez(tmp_path / "s.npz", x=x)
     np.savez_compressed(tmp_path / "z.npz", x=x)
-    assert NpzSource(tmp_path / "s.npz").arrays["x"].memory_mapped
-    assert not NpzSource(tmp_path / "z.npz").arrays["x"].memory_mapped
+    assert NpzSource(tmp_path / "s.npz").arrays["x"].seekable
+    assert not NpzSource(tmp_path / "z.npz").arrays["x"].seekable
     for f in ("s.npz", "z.npz"):
         got = np.concatenate([b.feeds["x"] for b in _collect(str(tmp_path / f), _graph(), batch_size=4)])
         np.testing.assert_array_equal(got, x)
     np.save(tmp_path / "x.npy", x)
     a = NpyArray(tmp_path / "x.npy", None, "x")
-    assert a.memory_mapped and np.array_equal(np.concatenate(list(a.iter_rows(5))), x)
+    assert a.seekable and np.array_equal(np.concatenate(list(a.iter_rows(5))), x)
     np.testing.assert_array_equal(np.concatenate([b.feeds["x"] for b in _collect(str(tmp_path / "x.npy"), _graph())]),
                                   x)
 

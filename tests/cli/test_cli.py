@@ -195,6 +195,14 @@ def test_recipe_pattern_matching_nothing_is_a_warning(model, calib, tmp_path, ca
                  "--calib-data", str(calib)]) == 0
     assert "matches no node" in capsys.readouterr().err
     assert out.exists()
+    # a build system that wants warnings to fail the build: --Werror (exit 1, nothing written)
+    out2 = tmp_path / "o2.onnx"
+    assert main(["compile", str(model), "-o", str(out2), "--pipeline", "trt-int8", "--config", str(rp),
+                 "--calib-data", str(calib), "--Werror"]) == 1
+    err = capsys.readouterr().err
+    assert "matches no node" in err and "--Werror" in err and not out2.exists()
+    assert main(["compile", str(model), "-o", str(out2), "--pipeline", "trt-int8", "--calib-data", str(calib),
+                 "--Werror"]) == 0 and out2.exists()
 
 
 def test_already_quantized_input(model, calib, tmp_path, capsys):

@@ -90,13 +90,13 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def run_case(path: str, out: str, calib: str) -> tuple[int, str]:
+def run_case(path: str, out: str, calib: str, pipeline: str = "trt-int8") -> tuple[int, str]:
     buf_o, buf_e = io.StringIO(), io.StringIO()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(120)
     try:
         with redirect_stdout(buf_o), redirect_stderr(buf_e):
-            rc = main(["compile", path, "-o", out, "--pipeline", "trt-int8", "--calib-data", calib, "-q"])
+            rc = main(["compile", path, "-o", out, "--pipeline", pipeline, "--calib-data", calib, "-q"])
     except _Timeout:
         return -1, "hang (over 120 s)"
     except SystemExit as e:

@@ -11,7 +11,7 @@ import pytest
 
 from qcompiler.diagnostics import ModelLoadError, ModelSaveError
 from qcompiler.ir import copy_graph, load_model, save_model, verify_graph
-from qcompiler.ir.io import MAX_IR_VERSION, ExternalValues
+from qcompiler.ir.io import MAX_IR_VERSION, ExternalValues, export_model
 from qcompiler.testing import assert_outputs_close, random_feeds, run
 
 from ..builders import parse
@@ -145,6 +145,27 @@ def test_external_data_roundtrip_lazy_and_atomic(tmp_path):
         save_model(load_model(src), tmp_path / "other.onnx", location="src.onnx.data")
 
 
+def test_verify_a_model_whose_weights_stay_in_an_external_file(tmp_path, monkeypatch):
+    """The checker looks for external files relative to the working directory: verification must not depend on
+    it (a file written by onnx.save with any location name, verified from elsewhere)."""
+    m = export_model(load_model_from_text())
+    src = tmp_path / "m" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save_model(m, src, save_as_external_data=True, all_tensors_to_one_file=True, location="model.weights",
+                    size_threshold=0)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    g = load_model(src)
+    verify_graph(g, full_check=True)
+    save_model(g, tmp_path / "out.onnx", size_threshold=256)
+    assert_outputs_close(load_model_from_text(), load_model(tmp_path / "out.onnx"), rtol=0, atol=0)
+    # the output keeps big weights outside, small tensors inside (shape inference cannot read external data)
+    out = onnx.load(tmp_path / "out.onnx", load_external_data=False)
+    where = {t.name: t.data_location for t in out.graph.initializer}
+    assert where == {"w": onnx.TensorProto.EXTERNAL, "b": onnx.TensorProto.DEFAULT}
+
+
 def test_missing_or_truncated_external_data(tmp_path):
     g = load_model_from_text()
     src = tmp_path / "src.onnx"
@@ -176,3 +197,40 @@ def test_verify_reports_dangling_and_unsorted():
     with pytest.raises(Exception) as info:
         verify_graph(g)
     assert "topologically" in str(info.value)
+
+
+@pytest.mark.parametrize("text, node, fragment", [
+    # a Conv fed integers (a mutated dtype): checker-valid, but no runtime can run it
+    ("""g (int32[1,2,4,4] x) => (float[1,2,4,4] y) { y = Conv <pads = [1, 1, 1, 1]> (x, w) }""", "Conv0",
+     "unsupported type"),
+    # a Gemm whose inner dimensions cannot match
+    ("""g (float[1,5] x) => (float[1,3] y) { y = Gemm <transB = 1> (x, v) }""", "Gemm0", "mismatch"),
+])
+def test_type_problems_name_the_node_and_compile_refuses(tmp_path, text, node, fragment):
+    from qcompiler.api import compile_model
+    from qcompiler.ir.verify import type_problems
+
+    rng = np.random.default_rng(0)
+    g = parse('<ir_version: 8, opset_import: ["" : 17]>\n' + text,
+              {"w": rng.standard_normal((2, 2, 3, 3)).astype(np.float32),
+               "v": rng.standard_normal((3, 4)).astype(np.float32)})
+    for i, n in enumerate(g.nodes):
+        n.name = f"{n.op}{i}"
+    verify_graph(g)  # onnx.checker alone lets it through
+    problems = type_problems(g)
+    assert len(problems) == 1 and problems[0].node == node and fragment in problems[0].message
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    save_model(g, src)
+    with pytest.raises(ModelLoadError) as info:
+        compile_model(src, out, "tidy")
+    assert info.value.code == "QC203" and "not valid" in str(info.value) and not out.exists()
+
+
+def test_type_problems_ignore_wrong_declarations():
+    """A declared output or value_info shape that inference contradicts is a hint, not a type error."""
+    from qcompiler.ir.verify import type_problems
+
+    g = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x) => (float[7] y) { y = Relu(x) }""")
+    assert type_problems(g) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qcompiler.diagnostics import Severity
 from qcompiler.ir import copy_graph, load_model
 from qcompiler.ir.query import const_value, op_histogram
 from qcompiler.pm import PassContext, run_pipeline
@@ -153,6 +154,8 @@ def test_skips_branching_intermediate_with_remark():
     _, ctx, res = _run(g)
     assert not res.records[0].modified
     assert any("has 2 consumers" in d.message for d in ctx.diagnostics)
+    warn = [d.message for d in ctx.diagnostics if d.severity == Severity.WARNING]
+    assert len(warn) == 1 and warn[0].startswith("cle found no layer pair to equalize (2 layer(s) refused")
 
 
 @pytest.mark.parametrize("name", ["mobilenetv2", "resnet", "resnet-bottleneck", "conv1x1", "decoder"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qcompiler.diagnostics import Severity
 from qcompiler.ir import copy_graph, load_model
 from qcompiler.ir.query import op_histogram
 from qcompiler.pm import PassContext, run_pipeline
@@ -101,11 +102,16 @@ def test_shared_weight_refused_with_reason_then_copied_by_option():
     ref, ctx, res = _run(g)
     assert res.records[0].stats == {"skipped.shared_weight": 1, "mul_add": 1}
     assert any("is shared with another node" in d.message for d in ctx.diagnostics)
+    # folding nothing is not silent: a warning (shown without -v) sums it up
+    warn = [d for d in ctx.diagnostics if d.severity == Severity.WARNING]
+    assert len(warn) == 1 and "folded none of the 1 BatchNormalization" in warn[0].message
+    assert "1 mul add, 1 shared weight" in warn[0].message
     assert_outputs_close(ref, g, **TOL)
 
     g2 = b.graph()
-    ref2, _, res2 = _run(g2, "fold-bn{copy-shared=true}")
+    ref2, ctx2, res2 = _run(g2, "fold-bn{copy-shared=true}")
     assert res2.records[0].stats == {"folded": 1}
+    assert not [d for d in ctx2.diagnostics if d.severity == Severity.WARNING]
     assert_outputs_close(ref2, g2, **TOL)
 
 
@@ -170,3 +176,22 @@ def test_zoo_models(zoo_model, name):
     assert "BatchNormalization" not in op_histogram(g)
     assert res.records[0].stats["folded"] > 0
     assert_outputs_close(ref, g, **TOL)
+
+
+@pytest.mark.parametrize("what", ["var", "epsilon"])
+def test_non_finite_statistics_are_not_folded(what):
+    """NaN in a statistic (or epsilon) would spread into the conv weight, then into its int8 scale."""
+    b = G()
+    x = b.input("x", [1, 4, 6, 6])
+    y = b.bn(b.conv(x, 4, 4), 4, eps=float("nan") if what == "epsilon" else 1e-5)
+    b.output(y)
+    g = b.graph()
+    if what == "var":
+        bn = next(n for n in g.nodes if n.op == "BatchNormalization")
+        v = np.array(bn.inputs[4].values)
+        v[1] = np.inf
+        bn.inputs[4].values = v
+    _, ctx, res = _run(g)
+    assert res.records[0].stats == {"skipped.not_inference": 1}
+    assert "BatchNormalization" in op_histogram(g)
+    assert any(("NaN or Inf" if what == "var" else "epsilon=nan") in d.message for d in ctx.diagnostics)

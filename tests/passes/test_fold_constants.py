@@ -67,3 +67,28 @@ def test_size_limit_keeps_big_results_computed():
     assert "Tile" in [n.op for n in g.nodes]  # 16 KiB result > 1 KiB limit
     run_pipeline(g, "fold-constants", PassContext())
     assert "Tile" not in [n.op for n in g.nodes]
+
+
+def test_folds_external_weights_and_leaves_layer_weights_on_disk(tmp_path, monkeypatch):
+    """A Transpose of a weight kept in an external data file folds like an in-memory one (graphsurgeon's folding
+    cannot open the data file itself); a weight that only feeds a layer is not read."""
+    from qcompiler.ir import load_model, save_model
+    from qcompiler.ir.io import external_ref
+
+    b = G()
+    x = b.input("x", [2, 64])
+    wt = b.node("Transpose", [b.init(b.rand(32, 64), name="wt")], perm=[1, 0])
+    h = b.node("MatMul", [x, wt])
+    y = b.node("Gemm", [h, b.init(b.rand(16, 32), name="w2")], transB=1)
+    b.output(y)
+    src = tmp_path / "m.onnx"
+    save_model(b.graph(), src, external_data="always", size_threshold=0, location="weights.bin")
+    monkeypatch.chdir(tmp_path.parent)  # the data file is not in the working directory
+    g = load_model(src)
+    ref = copy_graph(g)
+    res = run_pipeline(g, "fold-constants", PassContext(), verify_each=True)
+    assert res.records[0].stats == {"nodes_folded": 1}
+    assert [n.op for n in g.nodes] == ["MatMul", "Gemm"]
+    assert const_value(g.nodes[0].inputs[1]).shape == (64, 32)
+    assert external_ref(g.nodes[1].inputs[1]) is not None  # w2 still unread
+    assert_outputs_close(ref, g, rtol=1e-6, atol=1e-7)

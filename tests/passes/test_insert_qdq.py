@@ -276,3 +276,19 @@ def test_quantizing_nothing_is_an_error_that_says_why(case, fragment, tmp_path):
                  "--allow-random-calibration", "-q"] + extra) == 1
     assert main(["compile", str(src), "-o", str(out), "--pipeline", "calibrate,insert-qdq{allow-empty=true}",
                  "--allow-random-calibration", "-q"] + extra) == 0 and out.exists()
+
+
+def test_a_weight_holding_nan_is_an_error_naming_it(tmp_path):
+    """A NaN weight would give a NaN scale (lint L5 in the output): the compile stops and names the weight."""
+    b = G()
+    x = b.input("x", [1, 16, 8, 8])
+    w = b.rand(16, 16, 3, 3)
+    w[3, 0, 1, 1] = np.nan
+    b.output(b.node("Conv", [b.relu(b.conv(x, 16, 16)), b.init(w, name="w_bad")], kernel_shape=[3, 3],
+                    pads=[1, 1, 1, 1], name="conv_bad"))
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(b.model(), src)
+    with pytest.raises(QCompilerError) as exc:
+        compile_model(src, out, "calibrate,insert-qdq", allow_random_calibration=True)
+    d = exc.value.diagnostic
+    assert d.code == "QC507" and d.node == "conv_bad" and "'w_bad'" in d.message and not out.exists()

@@ -85,6 +85,26 @@ def _calib(out: list[str], res: dict, rows: list[dict]) -> None:
               "(ratios of every round in the JSON).  Peak RSS: after the first calibration.")
 
 
+def _calib_memory(out: list[str], res: dict, rows: list[dict]) -> None:
+    """One row per (data form, method): peak RSS at the smallest and largest sample count and the change."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["data"], r["method"]), {})[r["samples"]] = r
+    counts = sorted({r["samples"] for r in rows})
+    lo, hi = counts[0], counts[-1]
+    merged = []
+    for (data, meth), v in by.items():
+        a, b = v.get(lo, {}).get("peak_rss_mib"), v.get(hi, {}).get("peak_rss_mib")
+        merged.append({"data": data, "method": meth, "lo": a, "hi": b,
+                       "change": f"**{100 * (b - a) / a:+.1f} %**" if a and b else "-",
+                       "s": v.get(hi, {}).get("calib_s"), "ok": a is not None and b is not None})
+    table(out, f"Calibration memory, data loading included (MobileNetV2 224x224, batch 8): {lo} vs {hi} samples", [
+        ("data on disk", col("data")), ("method", col("method")), (f"peak RSS MiB at {lo}", col("lo", 0)),
+        (f"at {hi}", col("hi", 0)), ("change", col("change")), (f"calibration s at {hi}", col("s"))], merged,
+        keys=2, intro="Each measurement in a fresh process: load the model, open the data as the CLI does, "
+                      "calibrate; peak RSS is the process's maximum resident set (ru_maxrss).")
+
+
 def _cle(out: list[str], res: dict, data: dict) -> None:
     out += ["### Cross-layer equalization", ""]
     for entry in data["layers"]:
@@ -128,7 +148,8 @@ TABLES: dict[str, tuple[str, list[tuple[str, Cell]], int]] = {
 
 #: sections rendered by a function of their own
 CUSTOM: dict[str, Callable[[list[str], dict, Any], None]] = {
-    "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle}
+    "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle,
+    "calib-memory": _calib_memory}
 
 
 def render(res: dict) -> str:

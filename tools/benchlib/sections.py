@@ -4,6 +4,7 @@ them into tables."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -227,6 +228,57 @@ class Bench:
                              **run_task({"kind": "ort_calib", "src": str(src), "calib": cal, "method": meth,
                                          "rounds": rounds if meth == "minmax" else 1})})
         self.results["sections"]["calib"] = rows
+
+    @section("calib-memory")
+    def calib_memory(self) -> None:
+        """Peak RSS of calibration, data loading included, at 32 and 1024 samples of a 224x224 model, for each
+        on-disk form of the data (.npz, compressed .npz, a folder of per-sample .npy files)."""
+        name = "mobilenetv2-full"
+        counts = [32, 256] if self.args.quick else [32, 1024]
+        src = self.work / f"{name}-bnfold.onnx"
+        if not src.exists():
+            from qcompiler.api import compile_model
+
+            compile_model(str(self.zoo.onnx_path(name)), str(src), "cleanup,fold-constants,fold-bn,cleanup")
+        rows = []
+        for n in counts:
+            for form in ("npz", "npz-compressed", "npy-folder", "image-folder"):
+                data = self._calib_form(name, n, form)
+                for meth in ("percentile", "min_max"):
+                    log(f"[calib-memory] {name} n={n} {form} {meth}")
+                    rows.append({"samples": n, "data": form, "method": meth,
+                                 **run_task({"kind": "qc_calib_mem", "src": str(src), "calib": data,
+                                             "method": meth})})
+        self.results["sections"]["calib-memory"] = rows
+
+    def _calib_form(self, name: str, n: int, form: str) -> str:
+        """The zoo's random calibration set for ``name`` written as ``form`` (written once, sample by sample)."""
+        shape = self.zoo.get(name).input_shape
+        out = self.work / (f"calmem-{name}-{n}-{form}" + ("" if form.endswith("folder") else ".npz"))
+        if out.exists():
+            return str(out)
+        rng = np.random.default_rng(0)
+        if form == "image-folder":  # 8-bit RGB PNGs, preprocessed by the default spec while calibrating
+            from PIL import Image
+
+            tmp = Path(str(out) + ".tmp")
+            tmp.mkdir(exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (shape[1], shape[2], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp / f"{i:05d}.png")
+            tmp.rename(out)
+        elif form == "npy-folder":
+            tmp = Path(str(out) + ".tmp")
+            tmp.mkdir(exist_ok=True)
+            for i in range(n):
+                np.save(tmp / f"{i:05d}.npy", rng.standard_normal((1,) + shape).astype(np.float32))
+            tmp.rename(out)
+        else:
+            x = rng.standard_normal((n,) + shape).astype(np.float32)
+            (np.savez_compressed if form == "npz-compressed" else np.savez)(str(out) + ".tmp.npz", input=x)
+            del x
+            os.replace(str(out) + ".tmp.npz", out)
+        return str(out)
 
     @section("compile")
     def compile_time(self) -> None:

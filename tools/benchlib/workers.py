@@ -122,6 +122,23 @@ def w_qc_calib(task: dict) -> dict:
     return _calib_rounds(task, once)
 
 
+def w_qc_calib_mem(task: dict) -> dict:
+    """Peak RSS of a whole calibration from a data file or folder (data loading included): load the model,
+    open the data as the CLI does, run calibrate once; nothing else runs in the process."""
+    from qcompiler.api import make_context
+    from qcompiler.ir import load_model
+    from qcompiler.pm import run_pipeline
+
+    base = peak_rss_mib()
+    g = load_model(task["src"])
+    ctx = make_context(calib_data=task["calib"], calib_options={"batch_size": task.get("batch", 8)},
+                       progress=False)
+    t0 = time.perf_counter()
+    run_pipeline(g, f"calibrate{{method={task['method']}}}", ctx)
+    return {"calib_s": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(peak_rss_mib(), 1),
+            "import_rss_mib": round(base, 1)}
+
+
 def w_latency(task: dict) -> dict:
     import onnxruntime as ort
 
@@ -166,6 +183,7 @@ def w_modelopt(task: dict) -> dict:
 
 
 WORKERS = {"qcompiler": w_qcompiler, "ort": w_ort, "ort_calib": w_ort_calib, "qc_calib": w_qc_calib,
+           "qc_calib_mem": w_qc_calib_mem,
            "latency": w_latency, "compile_only": w_compile_only, "modelopt": w_modelopt}
 
 
