@@ -91,7 +91,7 @@ class NpyArray:
         assert self._data_offset is not None
         out = np.empty((k,) + self.shape[1:], dtype=self.dtype)
         f.seek(self._data_offset + start * self._row_bytes())
-        if f.readinto(memoryview(out).cast("B")) != out.nbytes:  # type: ignore[attr-defined]
+        if f.readinto(out.data.cast("B")) != out.nbytes:  # type: ignore[attr-defined]
             raise CalibrationError(f"{self.label} is truncated", code="QC402")
         return out
 

@@ -220,7 +220,8 @@ class _Planner:
     def request(self, tensor: gs.Tensor, consumer: gs.Node, index: int, spec: QSpec, rule: str) -> None:
         if isinstance(tensor, gs.Constant) or const_value(tensor) is not None or not tensor.name:
             return
-        if self.by_name.get(consumer.name) is not consumer:
+        known = self.by_name.get(consumer.name)
+        if known is None or known is not consumer:
             return  # a node of a subgraph reading an outer tensor: placed with its own graph, not this one
         if tensor.dtype is not None and np.dtype(tensor.dtype).kind != "f":
             return
