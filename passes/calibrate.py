@@ -135,6 +135,9 @@ class Calibrate(Pass):
         for t, k in cs.non_finite().items():
             ctx.remark("QC406", f"tensor '{t}' takes non-finite values (first on sample {k}; e.g. an additive -inf "
                                 "attention mask): it stays float", node=t)
+        for t in cs.unseen():
+            ctx.remark("QC408", f"tensor '{t}' was never computed on the calibration data (inside an If branch no "
+                                "sample took): it stays float; add data that takes that branch", node=t)
         ctx.timings["calibrate.total"] = ctx.timings.get("calibrate.total", 0.0) + time.perf_counter() - t0
         if ctx.calib_cache and key:
             cs.save_cache(ctx.calib_cache)

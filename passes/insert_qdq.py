@@ -36,15 +36,13 @@ from qcompiler.quant.targets import get_target, target_names
 from qcompiler.quant.session import ensure_recipe
 
 
-def nothing_quantized(graph: gs.Graph, plan, in_subgraphs: int) -> str:
+def nothing_quantized(graph: gs.Graph, plan) -> str:
     """Why a plan quantizes nothing, in words: no weighted layer, every one excluded (with the reasons), ..."""
     from collections import Counter
 
-    weighted = [n for n in graph.nodes if n.op in plan.target.weighted_ops]
-    if not weighted and not in_subgraphs:
-        return "the model has no Conv, ConvTranspose, Gemm or MatMul layer"
+    weighted = [n for g in iter_graphs(graph) for n in g.nodes if n.op in plan.target.weighted_ops]
     if not weighted:
-        return f"all {in_subgraphs} weighted layer(s) sit inside If/Loop/Scan bodies"
+        return "the model has no Conv, ConvTranspose, Gemm or MatMul layer"
     reasons = Counter(plan.float_nodes.values())
     listed = "; ".join(f"{k} ({v} layer{'s' if v > 1 else ''})" for k, v in reasons.most_common(4))
     return f"all {len(weighted)} weighted layer(s) stay float: {listed}" if listed else \
@@ -91,16 +89,16 @@ class InsertQDQ(Pass):
                                 f"{'fp8' if need == 19 else 'blocked int4' if need == 21 else 'per-channel'} Q/DQ)")
         stats = ctx.state.require(CalibrationStats, self.name)
         reference = copy_graph(graph)
-        inner = [n for g in list(iter_graphs(graph))[1:] for n in g.nodes
-                 if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-        if inner:
-            ctx.remark("QC504", f"{len(inner)} layer(s) inside If/Loop/Scan bodies stay float (quantizing inside "
-                                "subgraphs is not supported; the subgraphs are kept intact)", node=inner[0].name)
         plan = make_plan(graph, recipe, ctx.diagnostics)
         bad = stats.non_finite()
         if bad:
             for layer in plan.keep_float(set(bad), "its input '{tensor}' takes non-finite values"):
                 ctx.remark("QC504", f"{layer} stays float: {plan.float_nodes[layer]}", node=layer)
+        unseen = set(stats.unseen()) & set(plan.observed())
+        if unseen:
+            for layer in plan.keep_float(unseen, "its input '{tensor}' was never computed on the calibration data "
+                                                 "(an If branch no sample took)"):
+                ctx.warning("QC504", f"{layer} stays float: {plan.float_nodes[layer]}", node=layer)
         result = Emitter(graph, plan, stats, weights_mode=self.options.weights, diagnostics=ctx.diagnostics).run()
         recipe_used = {
             "recipe": recipe.to_dict(),
@@ -115,7 +113,7 @@ class InsertQDQ(Pass):
         counts["float_layers"] = len(plan.float_nodes)
         modified = bool(result.counts.get("activations") or result.counts.get("weights"))
         if not modified:
-            why = nothing_quantized(graph, plan, len(inner))
+            why = nothing_quantized(graph, plan)
             if not self.options.allow_empty:
                 raise QCompilerError(f"insert-qdq quantized nothing: {why}", code="QC506",
                                      hint="check the recipe and the model (qcompiler compile -v lists each layer left "

@@ -18,10 +18,9 @@ import onnx_graphsurgeon as gs
 from .diagnostics import DiagnosticEngine, ModelLoadError, QCompilerError, Severity, UsageError
 from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
-from .ir.constants import normalize_constants
 from .ir.shapes import reconcile_shapes
 from .ir.verify import type_problems
-from .ir.io import get_meta, writable_parent
+from .ir.io import get_meta, normalize_graph, writable_parent
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
 from .pm.manager import initial_facts
 from .pm.state import StateStore
@@ -112,7 +111,7 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
         ctx.facts |= saved_facts
     graph = load_model(input_path, normalize=False)
     verify_graph(graph)  # the file as it is: normalizing an invalid graph could hide what is wrong with it
-    normalize_constants(graph)
+    normalize_graph(graph)
     if input_shapes:
         fix_input_shapes(graph, input_shapes)
     for line in reconcile_shapes(graph):  # declared shapes are hints: wrong ones must not steer the passes

@@ -72,8 +72,9 @@ CODES: dict[str, str] = {
     "QC403": "NaN or Inf in calibration data",
     "QC404": "calibration cache",
     "QC405": "statistics missing for a tensor",
-    "QC406": "calibration run failed",
+    "QC406": "calibration run failed, or a tensor took NaN/Inf",
     "QC407": "random calibration data",
+    "QC408": "tensor never computed on the calibration data (If branch not taken)",
     # recipes and targets
     "QC501": "invalid recipe",
     "QC502": "recipe not supported by target",
@@ -81,6 +82,7 @@ CODES: dict[str, str] = {
     "QC504": "layer left in float",
     "QC505": "recipe pattern matched nothing",
     "QC506": "nothing quantized",
+    "QC507": "weight holds NaN or Inf",
     "QC510": "TensorRT lint finding",
     # recovery and bridge
     "QC601": "torch is not installed",

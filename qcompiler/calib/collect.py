@@ -25,7 +25,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
-from ..ir.io import copy_graph
+from ..ir.edit import Namer
+from ..ir.io import copy_graph, iter_graphs
 from ..ir.query import known_nonnegative, rank
 from ..ir.runtime import Session
 from ..ir.shapes import infer_shapes
@@ -93,21 +94,103 @@ class _Probe:
     cfg: ObserverConfig
     mode: str  # expose | input
     nonneg: bool = False  # >= 0 by construction: only the max is computed, the lower bound is 0
+    output: str = ""  # the graph output that carries it (the tensor itself at top level)
+    loops: int = 0  # Loop/Scan levels it crossed: each stacks the iterations on a new leading axis
+
+    @property
+    def axis(self) -> int | None:
+        a = self.cfg.axis
+        return a + self.loops if a is not None and a >= 0 else a
+
+
+def _subgraph_parents(graph: gs.Graph) -> dict[int, tuple[gs.Node, gs.Graph, str]]:
+    """id(subgraph) -> (the node holding it, that node's graph, the attribute name)."""
+    out: dict[int, tuple[gs.Node, gs.Graph, str]] = {}
+    for g in iter_graphs(graph):
+        for n in g.nodes:
+            for key, v in n.attrs.items():
+                if isinstance(v, gs.Graph):
+                    out[id(v)] = (n, g, key)
+    return out
+
+
+def _local_tensors(graph: gs.Graph) -> dict[str, tuple[gs.Tensor, gs.Graph]]:
+    """name -> (tensor, the subgraph defining it) for tensors defined inside subgraphs (body inputs and node
+    outputs; names are unique model-wide after import, qcompiler.ir.io.unique_subgraph_names)."""
+    out: dict[str, tuple[gs.Tensor, gs.Graph]] = {}
+    for g in list(iter_graphs(graph))[1:]:
+        for t in g.inputs:
+            out.setdefault(t.name, (t, g))
+        for n in g.nodes:
+            for t in n.outputs:
+                if t.name:
+                    out.setdefault(t.name, (t, g))
+    return out
+
+
+def _thread_out(top: gs.Graph, t: gs.Tensor, where: gs.Graph, parents, names: Namer) -> tuple[gs.Tensor, int]:
+    """Make the value of ``t`` (defined in the subgraph ``where``) an output of the top graph, exactly: through
+    extra branch outputs of each enclosing If (the other branch returns an empty tensor) and extra scan outputs
+    of each enclosing Loop/Scan (the iterations stacked on a new axis 0).  Returns the top-level tensor and the
+    number of Loop/Scan levels crossed."""
+    dtype = np.dtype(t.dtype) if t.dtype is not None else np.dtype(np.float32)
+    # the shape where known (onnxruntime wants Scan body outputs ranked)
+    cur = gs.Variable(names(t.name + "_qc_probe"), dtype=dtype, shape=t.shape)
+    where.nodes.append(gs.Node("Identity", names(t.name + "_qc_probe_id"), inputs=[t], outputs=[cur]))
+    g, loops = where, 0
+    while g is not top:
+        node, parent, key = parents[id(g)]
+        if node.op == "If":
+            other = node.attrs["else_branch" if key == "then_branch" else "then_branch"]
+            empty = gs.Variable(names(t.name + "_qc_probe_empty"), dtype=dtype)
+            other.nodes.append(gs.Node("Constant", names(t.name + "_qc_probe_empty_c"),
+                                       attrs={"value": gs.Constant(names(t.name + "_qc_empty_value"),
+                                                                   np.zeros((0,), dtype))},
+                                       outputs=[empty]))
+            g.outputs.append(cur)
+            other.outputs.append(empty)
+        elif node.op in ("Loop", "Scan"):
+            g.outputs.append(cur)  # a new scan output (they come last)
+            if node.op == "Scan":
+                for a in ("scan_output_axes", "scan_output_directions"):
+                    if a in node.attrs:
+                        node.attrs[a] = list(node.attrs[a]) + [0]
+            loops += 1
+        else:
+            raise CalibrationError(f"cannot observe '{t.name}' inside the {node.op} node {node.name}: only If, Loop "
+                                   "and Scan bodies are supported", code="QC405", node=node.name)
+        out = gs.Variable(names(t.name + "_qc_probe_" + node.op.lower()), dtype=dtype)
+        node.outputs.append(out)
+        cur, g = out, parent
+    return cur, loops
 
 
 def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> tuple[gs.Graph, list[_Probe]]:
     """A copy of the graph whose outputs are the observed tensors (the model's own outputs are dropped, so
-    onnxruntime runs only what the statistics need)."""
+    onnxruntime runs only what the statistics need).  Tensors inside If/Loop/Scan bodies are threaded out
+    through the enclosing nodes' outputs (:func:`_thread_out`)."""
     g = copy_graph(graph)
     tensors = g.tensors()
+    local: dict[str, tuple[gs.Tensor, gs.Graph]] = {}
+    if any(name not in tensors for name in requests):
+        local = _local_tensors(g)
+    parents = _subgraph_parents(g) if local else {}
+    names = Namer(g) if local else None
     inputs = {t.name for t in g.inputs}
-    need_rank = [n for n, c in requests.items() if c.axis is not None and n in tensors and rank(tensors[n]) is None]
+
+    def find(n: str) -> gs.Tensor | None:
+        return tensors[n] if n in tensors else local[n][0] if n in local else None
+
+    need_rank = [n for n, c in requests.items() if c.axis is not None and find(n) is not None and rank(find(n)) is None]
     if need_rank:
         infer_shapes(g)
     probes: list[_Probe] = []
     g.outputs = []
     for name, cfg in requests.items():
         t = tensors.get(name)
+        where = None
+        if t is None and name in local:
+            t, where = local[name]
         if t is None:
             raise CalibrationError(f"cannot observe '{name}': no such tensor in the graph", code="QC405")
         if isinstance(t, gs.Constant):
@@ -115,14 +198,19 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
         if t.dtype is not None and np.dtype(t.dtype).kind != "f":
             raise CalibrationError(f"cannot calibrate '{name}': its type is {np.dtype(t.dtype)}, not float",
                                    code="QC405")
-        if cfg.axis is not None and rank(t) is None:
+        if cfg.axis is not None and rank(t) is None and where is None:  # bodies: resolved on the data
             raise CalibrationError(f"per-channel statistics for '{name}' need its rank, which shape inference "
                                    "could not find", code="QC405", hint="fix input dims with --input-shape")
-        if name in inputs:
-            probes.append(_Probe(name, cfg, "input"))
+        if where is not None:
+            assert names is not None
+            out, loops = _thread_out(g, t, where, parents, names)
+            g.outputs.append(out)
+            probes.append(_Probe(name, cfg, "expose", known_nonnegative(t), out.name, loops))
+        elif name in inputs:
+            probes.append(_Probe(name, cfg, "input", output=name))
         else:
             g.outputs.append(t)
-            probes.append(_Probe(name, cfg, "expose", known_nonnegative(t)))
+            probes.append(_Probe(name, cfg, "expose", known_nonnegative(t), name))
     if not g.outputs:  # only graph inputs observed: keep something to run
         g.outputs = [g.tensors()[o.name] for o in graph.outputs]
     g.cleanup(remove_unused_graph_inputs=False)
@@ -189,16 +277,18 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                     st = stats[p.name]
                     if st.non_finite is not None:
                         continue  # cannot be quantized whatever comes next
-                    x = feeds[p.name] if p.mode == "input" else vals[index[p.name]].numpy()  # no copy
-                    mn, mx = _np_minmax(x, p.cfg.axis, p.nonneg)
+                    x = feeds[p.name] if p.mode == "input" else vals[index[p.output]].numpy()  # no copy
+                    if x.size == 0:
+                        continue  # inside the If branch that did not run
+                    mn, mx = _np_minmax(x, p.axis, p.nonneg)
                     if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
                         # an additive attention mask (-inf / finfo.min), an overflow: no scale can carry it
                         st.non_finite = first + start
                         continue
                     st.update_minmax(mn, mx, n)
-                    if p.cfg.needs_hist():
-                        st.update_hist(sample_view(x, n, opts.hist_sample, b.batch_axis), float(np.min(mn)),
-                                       float(np.max(mx)))
+                    if p.cfg.needs_hist():  # Loop/Scan iterations stacked in front: one sample per run
+                        st.update_hist(sample_view(x, n, opts.hist_sample, b.batch_axis and not p.loops),
+                                       float(np.min(mn)), float(np.max(mx)))
                 del vals
                 t_stats += time.perf_counter() - tb
                 samples += n

@@ -43,11 +43,15 @@ class CalibrationStats(State):
 
     def finalize(self) -> None:
         for st in self.tensors.values():
-            st.range = None if st.non_finite is not None else compute_range(st)
+            st.range = None if st.non_finite is not None or st.min is None else compute_range(st)
 
     def non_finite(self) -> dict[str, int]:
         """Tensors that took NaN or +-inf (an additive attention mask): tensor -> first sample it happened on."""
         return {n: st.non_finite for n, st in self.tensors.items() if st.non_finite is not None}
+
+    def unseen(self) -> list[str]:
+        """Tensors the calibration data never computed (inside an If branch no sample took)."""
+        return sorted(n for n, st in self.tensors.items() if st.non_finite is None and st.min is None)
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors

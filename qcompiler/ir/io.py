@@ -303,7 +303,53 @@ def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None =
         meta.external_location = sorted(locs)[0] if len(locs) == 1 else None
     graph.qc_meta = meta
     name_unnamed_nodes(graph)
+    if normalize:
+        unique_subgraph_names(graph)
     return graph
+
+
+def normalize_graph(graph: gs.Graph) -> None:
+    """What ``import_model(normalize=True)`` does after import, for a graph loaded as the file is: constants
+    become initializers (qcompiler/ir/constants.py) and names inside subgraphs become unique model-wide."""
+    from .constants import normalize_constants
+
+    normalize_constants(graph)
+    unique_subgraph_names(graph)
+
+
+def unique_subgraph_names(graph: gs.Graph) -> int:
+    """Make every node name and every tensor name defined inside a subgraph unique in the whole model.
+
+    ONNX lets sibling bodies (the two branches of an If) reuse names; qcompiler keys calibration statistics,
+    plans and diagnostics by name, so a later duplicate is renamed (``name_1``, ...).  Top-level names (the
+    model's interface) never change, nor do outer-scope references; renaming a tensor local to a body changes
+    nothing it computes.  Returns the number of renamed tensors and nodes."""
+    seen: set[int] = set()
+    tensor_names: set[str] = set()
+    node_names: set[str] = set()
+    renamed = 0
+
+    def fresh(base: str, used: set[str]) -> str:
+        k = 1
+        while f"{base}_{k}" in used:
+            k += 1
+        return f"{base}_{k}"
+
+    for g in iter_graphs(graph):
+        for t in list(g.inputs) + list(g.tensors().values()):
+            if id(t) in seen or not t.name:
+                continue
+            seen.add(id(t))
+            if t.name in tensor_names and g is not graph:
+                t.name = fresh(t.name, tensor_names)
+                renamed += 1
+            tensor_names.add(t.name)
+        for n in g.nodes:
+            if n.name in node_names and g is not graph:
+                n.name = fresh(n.name, node_names)
+                renamed += 1
+            node_names.add(n.name)
+    return renamed
 
 
 def _attach_external(graph: gs.Graph, by_name: dict[str, tuple[str, int, int]]) -> None:

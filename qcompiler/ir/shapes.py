@@ -7,7 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import QCompilerError, UsageError
-from .io import export_model
+from .io import export_model, iter_graphs
 from .verify import strip_weights
 
 
@@ -24,6 +24,17 @@ def _dims(vi: onnx.ValueInfoProto):
         else:
             dims.append(None)
     return tt.elem_type, dims
+
+
+def _proto_graphs(g: onnx.GraphProto):
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    yield from _proto_graphs(sg)
 
 
 def infer_shapes(graph: gs.Graph, *, strict: bool = False) -> int:
@@ -43,11 +54,15 @@ def infer_shapes(graph: gs.Graph, *, strict: bool = False) -> int:
                                  hint="fix symbolic dims with --input-shape NAME:DIMS") from None
         return 0
     info = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type"):
-            info[vi.name] = _dims(vi)
+    for gp in _proto_graphs(inferred.graph):  # If/Loop/Scan bodies carry their own value_info
+        for vi in list(gp.value_info) + list(gp.output):
+            if vi.type.HasField("tensor_type"):
+                info.setdefault(vi.name, _dims(vi))
     changed = 0
-    tensors = graph.tensors()
+    tensors = {}
+    for g in iter_graphs(graph):
+        for name, t in g.tensors().items():
+            tensors.setdefault(name, t)
     for name, (elem, dims) in info.items():
         t = tensors.get(name)
         if t is None or isinstance(t, gs.Constant):

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine, QCompilerError
 from ..ir.edit import Namer, constant
+from ..ir.io import iter_graphs
 from ..ir.query import producer, require_const
 from .plan import ActPoint, Plan, WeightPoint
 from .qspec import QSpec, affine_params
@@ -167,8 +168,12 @@ class Emitter:
         self.result = EmitResult()
         self.before: dict[int, list[gs.Node]] = {}  # id(anchor node) -> nodes to insert before it
         self.after: dict[int, list[gs.Node]] = {}  # id(anchor node) -> nodes to insert after it
-        self.head: list[gs.Node] = []  # nodes reading graph inputs / constants (go first)
+        self.head: dict[int, list[gs.Node]] = {}  # id(graph) -> nodes reading inputs/outer tensors (go first)
         self.dq_of: dict[str, QParams] = {}  # DQ output name -> activation qparams
+        # the model's graph and every If/Loop/Scan body (node names are unique model-wide after import)
+        self.graphs = list(iter_graphs(graph))
+        self.graph_of: dict[int, gs.Graph] = {id(n): g for g in self.graphs for n in g.nodes}
+        self.nodes: dict[str, gs.Node] = {n.name: n for g in self.graphs for n in g.nodes}
 
     # -- ranges ------------------------------------------------------------------------------
     def tensor_range(self, tensor: str) -> tuple[float, float]:
@@ -211,10 +216,11 @@ class Emitter:
         return nodes, out
 
     def emit_acts(self) -> None:
-        tensors = self.g.tensors()
-        nodes = {n.name: n for n in self.g.nodes}
+        nodes = self.nodes
         for pt in self.plan.acts:
-            t = tensors[pt.tensor]
+            first = nodes[pt.edges[0][0]]
+            t = first.inputs[pt.edges[0][1]]
+            g = self.graph_of[id(first)]  # a point's consumers are all in one graph (the planner's)
             lo, hi = self.tensor_range(pt.tensor)
             q = activation_qparams(pt.spec, lo, hi)
             new, out = self._qdq(t, q, t.name)
@@ -222,16 +228,17 @@ class Emitter:
                 nodes[cname].inputs[idx] = out
             self.dq_of[out.name] = q
             prod = producer(t)
-            if prod is None:
-                self.head.extend(new)
+            if prod is None or self.graph_of.get(id(prod)) is not g:  # a graph input or an outer-scope tensor
+                self.head.setdefault(id(g), []).extend(new)
             else:
                 self.after.setdefault(id(prod), []).extend(new)
             self.result.act_qparams[pt.tensor] = q
             self.result.counts["activations"] = self.result.counts.get("activations", 0) + 1
 
     def emit_weights(self) -> None:
-        nodes = {n.name: n for n in self.g.nodes}
-        shared: dict[tuple[str, QSpec, int | None], gs.Variable] = {}
+        nodes = self.nodes
+        # one DQ per weight, graph and spec (a DQ in a body cannot feed a node outside it)
+        shared: dict[tuple[int, str, QSpec, int | None], gs.Variable] = {}
         for wp in self.plan.weights:
             node = nodes[wp.node]
             W = require_const(node.inputs[wp.index], "weight")
@@ -240,7 +247,7 @@ class Emitter:
                                      "or Inf: its scale would be too", code="QC507", node=node.name,
                                      hint="the model is broken (check the export), or keep the layer float in the "
                                           "recipe")
-            key = (wp.tensor, wp.spec, wp.axis)
+            key = (id(self.graph_of[id(node)]), wp.tensor, wp.spec, wp.axis)
             q = weight_qparams(W, wp.spec, wp.axis)
             self.result.weight_qparams[wp.node] = q
             if key in shared:
@@ -280,12 +287,13 @@ class Emitter:
         self.result.counts["int32_biases"] = self.result.counts.get("int32_biases", 0) + 1
 
     def finish(self) -> None:
-        order: list[gs.Node] = list(self.head)
-        for n in self.g.nodes:
-            order.extend(self.before.get(id(n), []))
-            order.append(n)
-            order.extend(self.after.get(id(n), []))
-        self.g.nodes = order
+        for g in self.graphs:
+            order: list[gs.Node] = list(self.head.get(id(g), []))
+            for n in g.nodes:
+                order.extend(self.before.get(id(n), []))
+                order.append(n)
+                order.extend(self.after.get(id(n), []))
+            g.nodes = order
 
     def run(self) -> EmitResult:
         self.emit_acts()

@@ -267,9 +267,13 @@ class _Linter:
         p = producer(t)
         return p if p is not None and p.op == "DequantizeLinear" else None
 
+    def all_nodes(self) -> list[gs.Node]:
+        """Nodes of the model and of every If/Loop/Scan body (Q/DQ inside bodies follow the same rules)."""
+        return [n for g in iter_graphs(self.g) for n in g.nodes]
+
     def check_weighted(self) -> None:
         first = True
-        for n in self.g.nodes:
+        for n in self.all_nodes():
             if n.op not in WEIGHTED or len(n.inputs) < 2:
                 continue
             is_first, first = first, False
@@ -392,7 +396,7 @@ class _Linter:
         return False, False
 
     def check_residual_and_dangling(self) -> None:
-        for n in self.g.nodes:
+        for n in self.all_nodes():
             if n.op == "Add" and len(n.inputs) == 2 and all(const_value(i) is None for i in n.inputs):
                 d = [self._dq_producer(i) is not None for i in n.inputs]
                 bb = [self._backbone(i) for i in n.inputs]

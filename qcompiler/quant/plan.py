@@ -199,12 +199,16 @@ class _WeightInfo:
 
 
 class _Planner:
-    def __init__(self, graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None):
+    """Places Q/DQ in one graph (the model's, or one If/Loop/Scan body) into a plan shared by all of them."""
+
+    def __init__(self, graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None,
+                 plan: Plan | None = None, shared: dict | None = None):
         self.g = graph
         self.recipe = recipe
         self.target = get_target(recipe.target)
         self.diag = diagnostics
-        self.plan = Plan(self.target, recipe)
+        self.plan = plan if plan is not None else Plan(self.target, recipe)
+        self.shared = shared if shared is not None else {"first": True}
         self.by_name = {n.name: n for n in graph.nodes}
         self.edges: dict[tuple[str, int], ActPoint] = {}
         self.points: dict[tuple[str, QSpec], ActPoint] = {}
@@ -263,11 +267,10 @@ class _Planner:
     def weighted_ops(self) -> None:
         skip_small = self.recipe.option("skip_small_layers", self.target.small_layers is not None)
         quant_bmm = self.recipe.option("quantize_bmm", False)
-        first = True
         for n in self.g.nodes:
             if n.op not in self.target.weighted_ops or len(n.inputs) < 2:
                 continue
-            is_first, first = first, False
+            is_first, self.shared["first"] = self.shared["first"], False
             cfg = self.recipe.resolve(n)
             if cfg.is_float:
                 self.note_float(n, "the recipe says float")
@@ -449,4 +452,12 @@ STEPS = {"weighted": "weighted_ops", "io-ops": "io_ops", "pooling": "pooling", "
 
 
 def make_plan(graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None = None) -> Plan:
-    return _Planner(graph, recipe, diagnostics).build()
+    """The plan of the model and of every If/Loop/Scan body in it (each placed with its own graph's rules;
+    a body's Q/DQ stay inside the body, on outer-scope tensors too)."""
+    from ..ir.io import iter_graphs
+
+    plan = Plan(get_target(recipe.target), recipe)
+    shared = {"first": True}
+    for g in iter_graphs(graph):
+        _Planner(g, recipe, diagnostics, plan, shared).build()
+    return plan

@@ -292,3 +292,60 @@ def test_a_weight_holding_nan_is_an_error_naming_it(tmp_path):
         compile_model(src, out, "calibrate,insert-qdq", allow_random_calibration=True)
     d = exc.value.diagnostic
     assert d.code == "QC507" and d.node == "conv_bad" and "'w_bad'" in d.message and not out.exists()
+
+
+def _branch(tag: str, seed: int):
+    """A body: Conv(x) -> Relu -> Conv, weights local to the body."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1, w2 = (numpy_helper.from_array((0.2 * rng.standard_normal((16, 16, 3, 3))).astype(np.float32), f"{tag}_w{k}")
+              for k in (1, 2))
+    nodes = [helper.make_node("Conv", ["x", f"{tag}_w1"], [f"{tag}_c1"], name=f"{tag}_conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", [f"{tag}_c1"], [f"{tag}_r1"], name=f"{tag}_relu"),
+             helper.make_node("Conv", [f"{tag}_r1", f"{tag}_w2"], [f"{tag}_y"], name=f"{tag}_conv2", pads=[1, 1, 1, 1])]
+    return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"{tag}_y", TensorProto.FLOAT, None)],
+                             [w1, w2])
+
+
+def test_if_bodies_are_quantized_and_a_branch_no_sample_took_stays_float(tmp_path):
+    """The else branch runs on every calibration sample: its two convs are quantized inside it.  The then branch
+    never runs: its first conv reads the graph input (calibrated) and is quantized; its second conv's input was
+    never computed, so it stays float with a warning naming it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qcompiler.diagnostics import Severity
+    from qcompiler.ir.io import iter_graphs
+
+    F = TensorProto.FLOAT
+    g = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], name="mean", keepdims=0),
+         helper.make_node("Greater", ["m", "big"], ["cond"], name="gt"),
+         helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=_branch("then", 1),
+                          else_branch=_branch("else", 2))],
+        "m", [helper.make_tensor_value_info("x", F, ["N", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", F, ["N", 16, 8, 8])],
+        [numpy_helper.from_array(np.array(100.0, np.float32), "big")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src, out, calib = tmp_path / "m.onnx", tmp_path / "q.onnx", tmp_path / "c.npz"
+    onnx.save(m, src)
+    x = np.random.default_rng(0).standard_normal((16, 16, 8, 8)).astype(np.float32)
+    np.savez(calib, x=x)
+    diags = DiagnosticEngine()
+    compile_model(src, out, "trt-int8", calib_data=str(calib), diagnostics=diags)
+    q = load_model(out)
+    bodies = {b.name: b for b in iter_graphs(q) if b is not q}
+
+    def quantized(body, conv):
+        n = next(n for n in bodies[body].nodes if n.name == conv)
+        return [i.inputs[0].op if i.inputs else None for i in n.inputs[:2]] == ["DequantizeLinear"] * 2
+
+    assert quantized("else", "else_conv1") and quantized("else", "else_conv2") and quantized("then", "then_conv1")
+    assert not quantized("then", "then_conv2")
+    warn = [d for d in diags if d.severity == Severity.WARNING and d.code == "QC504"]
+    assert len(warn) == 1 and warn[0].node == "then_conv2" and "never computed" in warn[0].message
+    assert lint_model(out).n_errors == 0
+    ref = run(load_model(src), {"x": x[:4]})["y"]
+    got = run(q, {"x": x[:4]})["y"]
+    assert 10 * np.log10((ref ** 2).mean() / ((ref - got) ** 2).mean()) > 25
