@@ -34,6 +34,17 @@ class QuantOptions:
                            choices=("none", "adaround", "lsq"))
     target_sqnr: float = option(0.0, "if > 0: keep the most sensitive layers float until the output SQNR (dB) "
                                      "reaches this (mixed-precision pass)", min=0.0)
+    smooth: str = option("auto", "SmoothQuant before calibration: auto (activations read by MatMul/Gemm/Conv whose "
+                                 "channel ranges are 8x uneven or more: outlier channels), on (every MatMul/Gemm "
+                                 "site), off", choices=("auto", "on", "off"))
+    attention: str = option("float", "attention MatMuls (Q.K^T, P.V): float, or quantized (both inputs, the way "
+                                     "TensorRT's MHA fusion takes them, T3)", choices=("float", "quantized"))
+    guard: str = option("on", "accuracy guard after insert-qdq: an output part below guard-sqnr dB gets its worst "
+                              "activation tensors back in float, within guard-budget of the MACs (guard pass)",
+                        choices=("on", "off"))
+    guard_sqnr: float = option(20.0, "the guard's threshold: output parts below this SQNR (dB) are unhealthy",
+                               min=0.0)
+    guard_budget: float = option(0.02, "most MACs (fraction) the guard may return to float", min=0.0, max=1.0)
 
 
 def _quant(target: str, precision: str):
@@ -46,10 +57,21 @@ def _quant(target: str, precision: str):
         if o.cle:
             prep.append("cle")
         prep.append("cleanup")
+        if o.smooth == "auto":
+            prep.append("smooth-quant{layers=all min-ratio=8 max-samples=32 quiet=true}")
+        elif o.smooth == "on":
+            prep.append("smooth-quant")
         common = f"target={target} precision={precision}"
-        cal = f"calibrate{{{common}" + (f" method={o.calib}" if o.calib != "auto" else "") + "}"
+        if o.attention == "quantized":
+            common += " attention=quantized"
+        cal = f"calibrate{{{common}" + (f" method={o.calib}" if o.calib != "auto" else "") + \
+            (" histograms=true" if o.guard == "on" else "") + "}"
         ins = f"insert-qdq{{{common}" + (f" weights={o.weights}" if o.weights != "dq" else "") + "}"
-        tail = ["bias-correct"] if o.bias_correct else []
+        tail = []
+        if o.guard == "on":
+            tail.append(f"guard{{sqnr={format_value(o.guard_sqnr)} budget={format_value(o.guard_budget)}}}")
+        if o.bias_correct:
+            tail.append("bias-correct")
         if o.finetune != "none":
             tail.append(o.finetune)
         if o.target_sqnr > 0:

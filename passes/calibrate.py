@@ -57,8 +57,13 @@ class Calibrate(Pass):
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
                              choices=("auto",) + target_names())
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
+        attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
+                                          "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
+                                choices=("recipe", "float", "quantized"))
         hist_sample: int = option(0, "histogram every k-th element of each sample (0: auto, at most 8192 per sample "
                                      "and tensor; 1: all); the choice never depends on the batch size", min=0)
+        histograms: bool = option(False, "collect histograms with min_max/moving_average too (the guard computes "
+                                         "other ranges from them)")
         random_samples: int = option(32, "samples of random data when calibrating without data "
                                          "(only with allow-random-calibration)", min=1)
 
@@ -66,7 +71,7 @@ class Calibrate(Pass):
         from .insert_qdq import refuse_if_quantized
 
         refuse_if_quantized(graph)
-        recipe = ensure_recipe(ctx, self.options.target, self.options.precision)
+        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention)
         validate_for_target(recipe)
         recipe.check_patterns(graph, ctx.diagnostics)
         plan = make_plan(graph, recipe, None)
@@ -88,7 +93,7 @@ class Calibrate(Pass):
                                                      cal.get("averaging_constant", self.options.averaging_constant))),
                 range_method=str(spec.option("range_method", cal.get("range_method", self.options.range_method))),
                 num_bits=8, symmetric=spec.symmetric, unsigned=not spec.signed, narrow=bool(spec.narrow),
-                fp8=spec.fp8)
+                fp8=spec.fp8, histogram=self.options.histograms)
 
         data = ctx.calib_data
         if data is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.calib.stats import CalibrationStats
@@ -69,14 +70,20 @@ class InsertQDQ(Pass):
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
                              choices=("auto",) + target_names())
         precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
+        attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
+                                          "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
+                                choices=("recipe", "float", "quantized"))
         weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq "
                                     "(float + Q + DQ)",
                               choices=("dq", "qdq"))
         allow_empty: bool = option(False, "accept a plan that quantizes nothing (otherwise an error saying why)")
+        concat_ratio: float = option(16.0, "Concat inputs (and same-scale groups) whose calibrated ranges differ by "
+                                           "more than this factor keep their own scales (0: always share, P7)",
+                                     min=0.0)
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         refuse_if_quantized(graph)
-        recipe = ensure_recipe(ctx, self.options.target, self.options.precision)
+        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention)
         validate_for_target(recipe)
         tgt = get_target(recipe.target)
         need = tgt.opset_fp8 if recipe.precision == "fp8" or any(s.fp8 for _, s in recipe.specs()) else tgt.opset_int8
@@ -90,6 +97,15 @@ class InsertQDQ(Pass):
         stats = ctx.state.require(CalibrationStats, self.name)
         reference = copy_graph(graph)
         plan = make_plan(graph, recipe, ctx.diagnostics)
+        amax = {}
+        for t in {x for g in plan.groups for x in g}:
+            if t in stats and stats.tensors[t].range is not None:
+                lo, hi = stats.range(t)
+                amax[t] = max(abs(float(np.min(lo))), abs(float(np.max(hi))))
+        for group, ratio in plan.unshare(amax, self.options.concat_ratio):
+            ctx.remark("QC504", f"{len(group)} tensors of a Concat keep their own scales: their ranges differ "
+                                f"{ratio:.0f}x (one shared scale would crush the small ones; TensorRT requantizes "
+                                f"per input instead)", node=group[-1])
         bad = stats.non_finite()
         if bad:
             for layer in plan.keep_float(set(bad), "its input '{tensor}' takes non-finite values"):
@@ -108,7 +124,7 @@ class InsertQDQ(Pass):
             "calibration_samples": stats.samples,
         }
         ctx.state.put(FP32Reference(reference))
-        ctx.state.put(QuantizationRecord(plan, result, recipe_used))
+        ctx.state.put(QuantizationRecord(plan, result, recipe_used, stats))
         counts = dict(result.counts)
         counts["float_layers"] = len(plan.float_nodes)
         modified = bool(result.counts.get("activations") or result.counts.get("weights"))

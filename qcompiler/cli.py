@@ -270,6 +270,13 @@ def cmd_compile(args) -> int:
     _emit(list(diags), args)
     if not args.quiet:
         print(f"wrote {res.output} ({res.pipeline})", file=sys.stderr)
+        guard: Any = next((st for st in res.context.state if getattr(st, "fact", "") == "guard-report"), None)
+        if guard is not None and guard.result.decisions:
+            r = guard.result
+            n_float = sum(1 for d in r.decisions if d.remedy == "float")
+            print(f"guard: worst output part {r.worst_before:.1f} -> {r.worst_after:.1f} dB "
+                  f"({len(r.decisions) - n_float} tensor group(s) given another range, {n_float} kept float: "
+                  f"{100 * r.float_macs_fraction:.2f} % of MACs; -v lists them)", file=sys.stderr)
         if args.verbose or args.timing:
             print(res.result.summary(), file=sys.stderr)
     if args.report:

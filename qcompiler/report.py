@@ -329,6 +329,19 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
         md.append(f"* top-1: {summary['top1']:.2f}%")
     if summary.get("argmax_agreement") is not None:
         md.append(f"* same prediction as FP32: {100 * summary['argmax_agreement']:.1f}%")
+    recipe = summary.get("recipe") or {}
+    if recipe.get("float_layers"):
+        md += ["", "Layers left float by the compiler, and why:", ""]
+        md += [f"* `{k}`: {v}" for k, v in sorted(recipe["float_layers"].items())]
+    guard = recipe.get("guard")
+    if guard and guard.get("decisions"):
+        md += ["", f"The accuracy guard (threshold {guard['sqnr_threshold_db']:g} dB) found the worst output part at "
+                   f"{guard['worst_before_db']:.1f} dB and brought it to {guard['worst_after_db']:.1f} dB "
+                   f"({100 * guard['float_macs_fraction']:.2f} % of the MACs float):", ""]
+        for d in guard["decisions"]:
+            what = "float" if d["remedy"] == "float" else f"the {d['remedy'].split('=')[1]} range"
+            md.append(f"* {', '.join(f'`{t}`' for t in d['tensors'])}: {what}"
+                      + (f" (layers {', '.join(d['layers'])})" if d["layers"] else ""))
     md += ["", "| layer | SQNR dB | only-this-layer output SQNR dB |", "|---|---|---|"]
     for row in sorted(summary["layers"], key=lambda r: r["sqnr_db"]):
         md.append(f"| `{row['layer']}` | {row['sqnr_db']:.1f} | "

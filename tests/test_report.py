@@ -30,3 +30,23 @@ def test_compile_report_flag(zoo, tmp_path, capsys):
                  "--report", "-q"]) == 0
     out = capsys.readouterr().out
     assert "SQNR" in out and "dB" in out
+
+
+def test_the_guard_decisions_are_visible(tmp_path, capsys):
+    """compile prints a guard line (details with -v); the recipe written beside the model records them;
+    `qcompiler report` lists them."""
+    from qcompiler.cli import main
+
+    from .passes.test_guard import _tailed
+
+    src, calib, _ = _tailed(tmp_path)
+    q = tmp_path / "q.onnx"
+    assert main(["compile", str(src), "-o", str(q), "--pipeline", "trt-int8{calib=entropy smooth=off}",
+                 "--calib-data", str(calib), "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "guard: worst output part" in err and "remark: QC604: [guard]" in err and "range" in err
+    recipe = json.loads((tmp_path / "q.onnx.recipe.json").read_text())
+    assert recipe["guard"]["decisions"]
+    assert main(["report", str(src), str(q), "--calib-data", str(calib), "-o", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "The accuracy guard" in md and recipe["guard"]["decisions"][0]["tensors"][0] in md

@@ -181,7 +181,8 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
     def find(n: str) -> gs.Tensor | None:
         return tensors[n] if n in tensors else local[n][0] if n in local else None
 
-    need_rank = [n for n, c in requests.items() if c.axis is not None and find(n) is not None and rank(find(n)) is None]
+    need_rank = [n for n, c in requests.items() if c.axis is not None and c.axis >= 0 and find(n) is not None
+                 and rank(find(n)) is None]
     if need_rank:
         infer_shapes(g)
     probes: list[_Probe] = []
@@ -198,7 +199,8 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
         if t.dtype is not None and np.dtype(t.dtype).kind != "f":
             raise CalibrationError(f"cannot calibrate '{name}': its type is {np.dtype(t.dtype)}, not float",
                                    code="QC405")
-        if cfg.axis is not None and rank(t) is None and where is None:  # bodies: resolved on the data
+        # a non-negative axis needs the rank (-1 does not); in bodies it is resolved on the data
+        if cfg.axis is not None and cfg.axis >= 0 and rank(t) is None and where is None:
             raise CalibrationError(f"per-channel statistics for '{name}' need its rank, which shape inference "
                                    "could not find", code="QC405", hint="fix input dims with --input-shape")
         if where is not None:

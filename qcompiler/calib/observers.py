@@ -40,9 +40,10 @@ class ObserverConfig:
     unsigned: bool = False  # quantized grid [0, 2^bits - 1] (affine u8)
     narrow: bool = False
     fp8: bool = False  # E4M3 grid for mse (max 448)
+    histogram: bool = False  # collect a histogram even for min_max/moving_average (other ranges can be computed)
 
     def needs_hist(self) -> bool:
-        return self.method in HIST_METHODS
+        return self.method in HIST_METHODS or self.histogram
 
     def key(self) -> dict[str, Any]:
         """What changes the collected state (not how a range is chosen from it)."""

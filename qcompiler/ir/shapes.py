@@ -53,13 +53,13 @@ def infer_shapes(graph: gs.Graph, *, strict: bool = False) -> int:
             raise QCompilerError(f"shape inference failed: {str(exc).strip().splitlines()[0]}", code="QC208",
                                  hint="fix symbolic dims with --input-shape NAME:DIMS") from None
         return 0
-    info = {}
+    info: dict[str, tuple] = {}
     for gp in _proto_graphs(inferred.graph):  # If/Loop/Scan bodies carry their own value_info
         for vi in list(gp.value_info) + list(gp.output):
             if vi.type.HasField("tensor_type"):
                 info.setdefault(vi.name, _dims(vi))
     changed = 0
-    tensors = {}
+    tensors: dict[str, gs.Tensor] = {}
     for g in iter_graphs(graph):
         for name, t in g.tensors().items():
             tensors.setdefault(name, t)

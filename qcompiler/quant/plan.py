@@ -78,6 +78,25 @@ class Plan:
     def summary(self) -> dict[str, int]:
         return {"activations": len(self.acts), "weights": len(self.weights), "float_layers": len(self.float_nodes)}
 
+    def unshare(self, amax: dict[str, float], ratio: float) -> list[tuple[list[str], float]]:
+        """Split the shared-scale groups whose members' ranges (``amax``: tensor -> max |range|) differ by more
+        than ``ratio``: each member keeps its own scale (P7 is a TensorRT performance preference, one
+        requantization per input, not a requirement; a shared scale would crush the small members).  Returns the
+        groups split, with the ratio found."""
+        split = []
+        keep = []
+        for g in self.groups:
+            vals = [amax[t] for t in g if t in amax and amax[t] > 0]
+            r = max(vals) / min(vals) if len(vals) > 1 else 1.0
+            if ratio > 0 and r > ratio:
+                split.append((g, r))
+                for t in g:
+                    self.stats_only.pop(t, None)
+            else:
+                keep.append(g)
+        self.groups = keep
+        return split
+
     def keep_float(self, tensors: set[str], why: str) -> list[str]:
         """Leave these activations unquantized (and every tensor sharing a scale with one of them); a weighted
         layer reading one stays float too (a layer with only its weight quantized runs no faster and loses

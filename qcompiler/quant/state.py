@@ -98,3 +98,5 @@ class QuantizationRecord(State):
     plan: "Plan"
     emitted: "EmitResult"
     recipe_used: dict[str, Any]
+    #: the calibration statistics it used (the guard computes other ranges from them)
+    stats: Any = None

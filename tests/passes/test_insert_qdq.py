@@ -349,3 +349,32 @@ def test_if_bodies_are_quantized_and_a_branch_no_sample_took_stays_float(tmp_pat
     ref = run(load_model(src), {"x": x[:4]})["y"]
     got = run(q, {"x": x[:4]})["y"]
     assert 10 * np.log10((ref ** 2).mean() / ((ref - got) ** 2).mean()) > 25
+
+
+@pytest.mark.parametrize("ratio, shared", [(16.0, False), (0.0, True)])
+def test_concat_of_disparate_ranges_does_not_force_one_scale(tmp_path, ratio, shared):
+    """Concat([relu(conv(x)) * 100, small]) -> conv, where ``small`` = relu(conv(x)) also feeds a conv of its own:
+    with the shared scale of P7, that conv would read ``small`` on a grid sized for the 100x branch.  By default
+    each member keeps its own scale (a remark says why); concat-ratio=0 forces the shared scale."""
+    from qcompiler.ir.query import const_value
+
+    b = G(seed=2)
+    x = b.input("x", [1, 16, 8, 8])
+    big = b.node("Mul", [b.relu(b.conv(x, 16, 16)), b.init(np.float32(100.0), name="k")])
+    small = b.relu(b.conv(x, 16, 16))
+    cat = b.node("Concat", [big, small], axis=1, name="cat")
+    b.output(b.conv(cat, 32, 16))
+    b.output(b.conv(small, 16, 16))
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(b.model(), src)
+    diags = DiagnosticEngine()
+    compile_model(src, out, f"calibrate,insert-qdq{{concat-ratio={ratio}}}", allow_random_calibration=True,
+                  diagnostics=diags)
+    g = load_model(out)
+    q_small = next(n for n in g.nodes if n.op == "QuantizeLinear" and n.inputs[0].name == small)
+    q_cat = next(n for n in g.nodes if n.op == "QuantizeLinear" and n.inputs[0].name == cat)
+    s_small, s_cat = float(const_value(q_small.inputs[1])), float(const_value(q_cat.inputs[1]))
+    assert (s_small == s_cat) == shared
+    if not shared:
+        assert s_cat / s_small > 20
+        assert any(d.code == "QC504" and "keep their own scales" in d.message for d in diags)

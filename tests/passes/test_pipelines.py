@@ -18,16 +18,23 @@ def _expand(text: str) -> str:
 
 def test_trt_int8_defaults():
     assert _expand("trt-int8") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
-                                   "calibrate{target=tensorrt precision=int8},"
-                                   "insert-qdq{target=tensorrt precision=int8},cleanup")
+                                   "smooth-quant{max-samples=32 layers=all min-ratio=8.0 quiet=true},"
+                                   "calibrate{target=tensorrt precision=int8 histograms=true},"
+                                   "insert-qdq{target=tensorrt precision=int8},guard,cleanup")
+    assert _expand("trt-int8{smooth=off guard=off}") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
+                                                         "calibrate{target=tensorrt precision=int8},"
+                                                         "insert-qdq{target=tensorrt precision=int8},cleanup")
 
 
 @pytest.mark.parametrize("opts, contains, absent", [
-    ("cle=true fold-residual=true", ["fold-residual,cle,cleanup,calibrate"], []),
+    ("cle=true fold-residual=true", ["fold-residual,cle,cleanup,smooth-quant"], []),
+    ("smooth=on guard=off", [",smooth-quant,calibrate"], ["guard", "histograms"]),
     ("merge=false", [], ["merge-conv1x1"]),
     ("calib=entropy weights=qdq", ["calibrate{method=entropy ", "weights=qdq}"], []),
-    ("bias-correct=true finetune=adaround target-sqnr=40", ["insert-qdq{target=tensorrt precision=int8},bias-correct,"
-                                                            "adaround,mixed-precision{target-sqnr=40.0},cleanup"], []),
+    ("bias-correct=true finetune=adaround target-sqnr=40", ["insert-qdq{target=tensorrt precision=int8},guard,"
+                                                            "bias-correct,adaround,mixed-precision{target-sqnr=40.0},"
+                                                            "cleanup"], []),
+    ("guard-sqnr=25 guard-budget=0.05", ["guard{sqnr=25.0 budget=0.05}"], []),
 ])
 def test_options_add_and_remove_passes(opts, contains, absent):
     text = _expand(f"trt-int8{{{opts}}}")

@@ -1,0 +1,122 @@
+"""guard: after insert-qdq, keep float the few activation tensors int8 cannot carry (qcompiler/quant/guard.py).
+
+On by default in the named pipelines (``trt-int8{guard=off}`` turns it off).  The quantized model is compared
+with the FP32 one on ``samples`` calibration samples, output by output and, for an output made by a Concat,
+part by part.  When every part is at least ``sqnr`` dB nothing changes.  Otherwise the guard searches the
+activation quantization points (a shared Concat scale is one point) that cost the most accuracy and returns
+them to float, best gain per MAC first, while the float layers stay within ``budget`` of the quantized MACs.
+Each decision is a QC504 remark naming the tensors, the layers that went float with them and the SQNR gained;
+the summary is kept as the ``guard-report`` state (``qcompiler compile`` prints one line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.pm.state import State
+from qcompiler.calib.observers import compute_range
+from qcompiler.quant.guard import GuardResult, apply_decisions, run_guard, summary
+from qcompiler.quant.state import FP32Reference, QuantizationRecord
+
+
+@dataclass
+class GuardReport(State):
+    """What the guard found and decided (qcompiler/quant/guard.py GuardResult)."""
+
+    fact = "guard-report"
+    result: GuardResult
+    sqnr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sqnr_threshold_db": self.sqnr, **summary(self.result)}
+
+
+class Guard(Pass):
+    """Keep float the few activation tensors that ruin an output (on by default in the named pipelines)."""
+
+    name = "guard"
+    requires = frozenset({"quantized", "fp32-reference", "qdq-plan"})
+    provides = frozenset({"guard-report"})
+
+    @dataclass(frozen=True)
+    class Options:
+        sqnr: float = option(20.0, "an output part below this SQNR (dB, vs FP32 on calibration samples) is "
+                                   "unhealthy", min=0.0)
+        budget: float = option(0.02, "most MACs (fraction of the quantized layers') the guard may return to "
+                                     "float", min=0.0, max=1.0)
+        samples: int = option(16, "calibration samples the outputs are judged on", min=1)
+        scan_samples: int = option(2, "samples of the per-point scan (when unhealthy)", min=1)
+        max_steps: int = option(8, "most candidate sets checked after the scan", min=1)
+
+    def call(self, graph: gs.Graph, ctx) -> PassResult:
+        if ctx.calib_data is None:  # calibrated on random data (allow-random-calibration): nothing to judge with
+            ctx.warning("QC604", "guard skipped: no calibration data to compare the outputs with FP32",
+                        hint="pass --calib-data, or turn the guard off (trt-int8{guard=off})")
+            ctx.state.put(GuardReport(GuardResult(True, float("nan"), float("nan"), {}, {},
+                                                  note="skipped: no calibration data"), self.options.sqnr))
+            return PassResult(False, {"float_tensors": 0})
+        ref = ctx.state.require(FP32Reference, self.name).graph
+        record = ctx.state.require(QuantizationRecord, self.name)
+        o = self.options
+        stats = record.stats
+
+        def range_of(tensors: list[str], method: str) -> tuple[float, float] | None:
+            """The range ``method`` gives the tensors (merged), from the statistics insert-qdq used."""
+            if stats is None or any(t not in stats for t in tensors):
+                return None
+            lo, hi = np.inf, -np.inf
+            for t in tensors:
+                st = stats.tensors[t]
+                if st.non_finite is not None or st.min is None:
+                    return None
+                try:
+                    a, b = stats.range(t) if method == "current" else compute_range(st, method)
+                except ValueError:  # that method needs a histogram this calibration did not collect
+                    return None
+                lo, hi = min(lo, float(np.min(a))), max(hi, float(np.max(b)))
+            return lo, hi
+
+        res = run_guard(graph, ref, record.plan, ctx.calib_data, sqnr=o.sqnr, budget=o.budget, samples=o.samples,
+                        scan_samples=o.scan_samples, max_steps=o.max_steps, range_of=range_of,
+                        diagnostics=ctx.diagnostics, threads=ctx.threads)
+        report = GuardReport(res, o.sqnr)
+        ctx.state.put(report)
+        record.recipe_used["guard"] = report.to_dict()  # written beside the output; `qcompiler report` shows it
+        worst_part = min(res.parts_before, key=lambda k: res.parts_before[k])
+        if res.healthy_before:
+            ctx.remark("QC604", f"guard: every output is healthy (worst: '{worst_part}' at {res.worst_before:.1f} dB "
+                                f">= {o.sqnr:g})")
+            return PassResult(False, {"float_tensors": 0})
+        for d in res.decisions:
+            what = ", ".join(d.tensors)
+            if d.remedy == "float":
+                layers = f"; layers now float: {', '.join(d.layers)}" if d.layers else ""
+                ctx.remark("QC504", f"guard keeps {what} float: worst output part {d.worst_before:.1f} -> "
+                                    f"{d.worst_after:.1f} dB ({100 * d.macs_fraction:.2f} % of MACs){layers}",
+                           node=d.layers[0] if d.layers else None)
+            else:
+                ctx.remark("QC604", f"guard gives {what} the {d.remedy.split('=')[1]} range: worst output part "
+                                    f"{d.worst_before:.1f} -> {d.worst_after:.1f} dB (no float compute)")
+        if res.decisions:
+            apply_decisions(graph, ref, res, record.plan)
+            record.recipe_used["float_layers"] = dict(record.plan.float_nodes)
+        n_float = sum(1 for d in res.decisions if d.remedy == "float")
+        n_range = len(res.decisions) - n_float
+        did = (f"{n_range} point(s) given another range, {n_float} kept float "
+               f"({100 * res.float_macs_fraction:.2f} % of MACs, budget {100 * o.budget:g} %)")
+        if res.worst_after < o.sqnr:
+            ctx.warning("QC604", f"guard: '{worst_part}' was at {res.worst_before:.1f} dB (< {o.sqnr:g}); {did}: "
+                                 f"{res.worst_after:.1f} dB",
+                        hint="raise guard{budget=...}, try another calibrator (calib=...), or fine-tune")
+        else:
+            ctx.remark("QC604", f"guard: '{worst_part}' was at {res.worst_before:.1f} dB (< {o.sqnr:g}); {did}: "
+                                f"worst part now {res.worst_after:.1f} dB")
+        return PassResult(bool(res.decisions), {
+            "float_tensors": sum(len(d.tensors) for d in res.decisions if d.remedy == "float"),
+            "new_ranges": sum(len(d.tensors) for d in res.decisions if d.remedy != "float"),
+            "float_layers": sum(len(d.layers) for d in res.decisions)})
