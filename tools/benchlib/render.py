@@ -105,6 +105,52 @@ def _calib_memory(out: list[str], res: dict, rows: list[dict]) -> None:
                       "calibrate; peak RSS is the process's maximum resident set (ru_maxrss).")
 
 
+def _hard(out: list[str], res: dict, rows: list[dict]) -> None:
+    def sq(r):
+        d = r.get("sqnr_db") or {}
+        return ", ".join(f"{k} {v:.1f}" for k, v in d.items())
+
+    def guard(r):
+        g = r.get("guard")
+        if not g:
+            return "-"
+        if g.get("healthy_before"):
+            return "healthy"
+        n = len(g.get("decisions") or [])
+        return f"{g['worst_before_db']:.1f} -> {g['worst_after_db']:.1f} dB, {n} fix(es)"
+
+    for model in dict.fromkeys(r["model"] for r in rows):
+        sub = [r for r in rows if r["model"] == model]
+        metric = sub[0].get("metric_name", "metric")
+        fp = next((r.get("fp32_metric") for r in sub if r.get("fp32_metric") is not None), None)
+        table(out, f"{model}: {metric}" + (f" (FP32: {fp:.2f})" if fp is not None else " (FP32: 1.0)"), [
+            ("tool", col("tool")), ("setting", col("setting")), (metric, col("metric", 4)),
+            ("output SQNR dB", sq), ("float MACs %", col("float_macs_pct", 2)), ("Q", col("q")), ("DQ", col("dq")),
+            ("lint err/warn", lint), ("guard", guard), ("wall s", col("wall_s"))], sub, keys=2)
+
+
+def _zoo_defaults(out: list[str], res: dict, rows: list[dict]) -> None:
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["model"], {})[r["setting"]] = r
+    merged = []
+    for model, v in by.items():
+        a, b = v.get("today's defaults", {}), v.get("before", {})
+        g = a.get("guard") or {}
+        merged.append({"model": model, "now": a.get("sqnr_db"), "before": b.get("sqnr_db"),
+                       "change": f"{a['sqnr_db'] - b['sqnr_db']:+.2f}" if a.get("sqnr_db") is not None and
+                       b.get("sqnr_db") is not None else "-",
+                       "guard": ("healthy, nothing changed" if g.get("healthy_before") else
+                                 f"{len(g.get('decisions') or [])} decision(s)") if g else "-",
+                       "t_now": a.get("wall_s"), "t_before": b.get("wall_s"), "ok": bool(a.get("ok") and b.get("ok"))})
+    table(out, "Zoo models: today's trt-int8 defaults against the defaults before smoothing and the guard", [
+        ("model", col("model")), ("SQNR dB now", col("now", 2)), ("before", col("before", 2)),
+        ("change dB", col("change")), ("guard", col("guard")), ("compile s now", col("t_now")),
+        ("before", col("t_before"))], merged, keys=1,
+        intro="Output SQNR vs FP32 on 16 held-out samples (digits test images, or fresh random inputs for the "
+              "random-weight architectures); calibration on 128 (digits) or 32 samples.")
+
+
 def _cle(out: list[str], res: dict, data: dict) -> None:
     out += ["### Cross-layer equalization", ""]
     for entry in data["layers"]:
@@ -149,7 +195,8 @@ TABLES: dict[str, tuple[str, list[tuple[str, Cell]], int]] = {
 #: sections rendered by a function of their own
 CUSTOM: dict[str, Callable[[list[str], dict, Any], None]] = {
     "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle,
-    "calib-memory": _calib_memory}
+    "calib-memory": _calib_memory, "hard": _hard,
+    "zoo-defaults": _zoo_defaults}
 
 
 def render(res: dict) -> str:

@@ -229,6 +229,108 @@ class Bench:
                                          "rounds": rounds if meth == "minmax" else 1})})
         self.results["sections"]["calib"] = rows
 
+    @section("hard")
+    def hard(self) -> None:
+        """Issue #16: the stand-ins of the models every int8 tool loses on (models/hard.py), qcompiler's defaults
+        beside onnxruntime.quantization and ModelOpt, with the task metric, each output's SQNR and the MACs left
+        float."""
+        from qcompiler.zoo import hard
+
+        names = self.args.models or hard.NAMES
+        qc = [("trt-int8", "default"), ("trt-int8{smooth=off guard=off}", "no smoothing, no guard"),
+              ("trt-int8{calib=entropy guard=off}", "entropy, no guard"), ("trt-int8{calib=entropy}", "entropy"),
+              ("trt-int8{calib=entropy smooth=off guard=off}", "entropy, nothing"),
+              ("trt-int8{calib=entropy smooth=off}", "entropy, guard only"), ("trt-fp8", "fp8 default")]
+        if self.args.quick:
+            qc = qc[:2]
+        rows = []
+        for name in names:
+            if name not in hard.NAMES:
+                continue
+            m = hard.get(name)
+            src, calib = str(m.onnx_path()), str(m.calib_data(128))
+            base = {"model": name, "metric_name": m.metric}
+            for pipeline, what in qc:
+                log(f"[hard] {name} qcompiler {pipeline}")
+                out = str(self.work / f"hard-{name}-{tag(pipeline)}.onnx")
+                r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib,
+                              "eval": False})
+                rows.append({**base, "tool": "qcompiler", "setting": what, "method": pipeline,
+                             **self._hard_eval(m, src, out, r)})
+            for meth in (["minmax"] if self.args.quick else ["minmax", "entropy", "percentile"]):
+                log(f"[hard] {name} onnxruntime {meth}")
+                out = str(self.work / f"hard-{name}-ort-{meth}.onnx")
+                r = run_task({"kind": "hard_ort", "src": src, "out": out, "method": meth, "calib": calib})
+                rows.append({**base, "tool": "ort", "setting": f"quantize_static {meth}", "method": meth,
+                             **self._hard_eval(m, src, out, r)})
+            ok, why = modelopt_available()
+            if not ok:
+                self.results["modelopt"] = why
+                continue
+            for mode, meth in ([("int8", "max")] if self.args.quick else
+                               [("int8", "max"), ("int8", "entropy"), ("fp8", "max")]):
+                log(f"[hard] {name} modelopt {mode} {meth}")
+                out = str(self.work / f"hard-{name}-mo-{mode}-{meth}.onnx")
+                r = run_task({"kind": "hard_modelopt", "src": src, "out": out, "method": meth, "mode": mode,
+                              "calib": calib}, python=MODELOPT_PY)
+                rows.append({**base, "tool": "modelopt", "setting": f"{mode} {meth}", "method": f"{mode} {meth}",
+                             **self._hard_eval(m, src, out, r)})
+        self.results["sections"]["hard"] = rows
+
+    @section("zoo-defaults")
+    def zoo_defaults(self) -> None:
+        """Issue #16's no-regression check: every zoo model with today's defaults (smoothing of outlier channels,
+        the guard) beside the defaults before them (smooth=off guard=off): output SQNR vs FP32 on held-out data, and
+        what the guard decided (nothing, when the outputs are healthy)."""
+        from qcompiler.zoo import zoo
+
+        names = self.args.models or (["resnet", "transformer"] if self.args.quick else zoo.names())
+        rows = []
+        for name in names:
+            trained = zoo.get(name).trained
+            src = str(self.zoo.onnx_path(name))
+            calib = self.calib(name, 128 if trained else 32)
+            evn = self.eval_npz(name, 16)
+            for pipeline, what in (("trt-int8", "today's defaults"), ("trt-int8{smooth=off guard=off}", "before")):
+                log(f"[zoo-defaults] {name} {pipeline}")
+                out = str(self.work / f"zd-{name}-{tag(pipeline)}.onnx")
+                r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib,
+                              "digits": trained, "eval_npz": evn})
+                rows.append({"model": name, "setting": what, "pipeline": pipeline, **r})
+        self.results["sections"]["zoo-defaults"] = rows
+
+    @staticmethod
+    def _hard_eval(m, src: str, out: str, r: dict) -> dict:
+        """Metric, output SQNRs, Q/DQ counts (subgraphs included), lint and MACs left float of one output."""
+        if not r.get("ok"):
+            return r
+        try:
+            from qcompiler.ir import load_model
+            from qcompiler.ir.io import iter_graphs
+            from qcompiler.quant.guard import layer_macs
+            from qcompiler.quant.lint import lint_model
+
+            ev = m.evaluate(src, out)
+            g = load_model(out)
+            ops = [n.op for sub in iter_graphs(g) for n in sub.nodes]
+            macs = layer_macs(load_model(src))
+            quantized = set()
+            for sub in iter_graphs(g):
+                for n in sub.nodes:
+                    w = n.inputs[1] if n.op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.inputs) > 1 \
+                        else None
+                    if w is not None and w.inputs and w.inputs[0].op == "DequantizeLinear":
+                        quantized.add(n.name)
+            total = sum(v for k, v in macs.items()) or 1.0
+            lint = lint_model(out)
+            r = {**r, "metric": ev["metric"], "fp32_metric": ev.get("fp32_metric"), "sqnr_db": ev["sqnr_db"],
+                 "q": ops.count("QuantizeLinear"), "dq": ops.count("DequantizeLinear"),
+                 "float_macs_pct": round(100 * sum(v for k, v in macs.items() if k not in quantized) / total, 2),
+                 "lint_errors": lint.n_errors, "lint_warnings": lint.n_warnings}
+        except Exception as exc:  # recorded, not hidden
+            r = {**r, "ok": False, "error": f"evaluating the output failed: {type(exc).__name__}: {exc}"}
+        return r
+
     @section("calib-memory")
     def calib_memory(self) -> None:
         """Peak RSS of calibration, data loading included, at 32 and 1024 samples of a 224x224 model, for each

@@ -26,12 +26,14 @@ def w_qcompiler(task: dict) -> dict:
                         calib_options={"batch_size": task.get("batch", 8)})
     wall = time.perf_counter() - t0
     ft = res.context.state.get(FinetuneResult)
+    guard = next((st for st in res.context.state if getattr(st, "fact", "") == "guard-report"), None)
     out = {"wall_s": round(wall, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
            "finetune_s": round(ft.seconds, 2) if ft else None,
            "finetune_ms_per_iter": round(1000 * ft.seconds_per_iteration, 2) if ft else None,
            "calib_s": round(res.context.timings.get("calibrate.total", 0.0), 3),
            "passes_s": round(sum(r.seconds for r in res.result.records), 3),
-           "passes_wo_calib_s": round(sum(r.seconds for r in res.result.records if r.name != "calibrate"), 3)}
+           "passes_wo_calib_s": round(sum(r.seconds for r in res.result.records if r.name != "calibrate"), 3),
+           "guard": guard.to_dict() if guard is not None else None}
     if task.get("eval", True):
         out.update(eval_model(task["src"], task["out"], task["digits"], task.get("eval_npz")))
         out.update(model_facts(task["out"]))
@@ -182,9 +184,65 @@ def w_modelopt(task: dict) -> dict:
     return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
+class FeedReader:
+    """onnxruntime CalibrationDataReader over every input of a model: an .npz (batches of ``batch`` along axis 0)
+    or a folder of per-feed .npz files (one feed each, as they are)."""
+
+    def __init__(self, path: str, batch: int = 8):
+        if os.path.isdir(path):
+            self.feeds = [dict(np.load(os.path.join(path, f))) for f in sorted(os.listdir(path))
+                          if f.endswith(".npz")]
+        else:
+            d = dict(np.load(path))
+            n = len(next(iter(d.values())))
+            self.feeds = [{k: v[i:i + batch] for k, v in d.items()} for i in range(0, n, batch)]
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+def w_hard_ort(task: dict) -> dict:
+    """onnxruntime.quantization.quantize_static on a hard model (every input fed), TensorRT-style QDQ."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[task["method"]]
+    t0 = time.perf_counter()
+    pre = ort_preprocess(task["src"], task["out"] + ".pre.onnx")
+    quantize_static(pre, task["out"], FeedReader(task["calib"]), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def w_hard_modelopt(task: dict) -> dict:
+    """ModelOpt ONNX PTQ on a hard model, in ModelOpt's virtualenv: calibration data as {input: array}."""
+    import modelopt.onnx.quantization as moq
+
+    calib = task["calib"]
+    if os.path.isdir(calib):
+        feeds = [dict(np.load(os.path.join(calib, f))) for f in sorted(os.listdir(calib)) if f.endswith(".npz")]
+        data = {k: np.stack([f[k] for f in feeds]) for k in feeds[0]}
+    else:
+        data = dict(np.load(calib))
+    t0 = time.perf_counter()
+    moq.quantize(onnx_path=task["src"], quantize_mode=task.get("mode", "int8"), calibration_data=data,
+                 calibration_method=task["method"], output_path=task["out"], high_precision_dtype="fp32",
+                 calibration_eps=["cpu"])
+    return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
 WORKERS = {"qcompiler": w_qcompiler, "ort": w_ort, "ort_calib": w_ort_calib, "qc_calib": w_qc_calib,
            "qc_calib_mem": w_qc_calib_mem,
-           "latency": w_latency, "compile_only": w_compile_only, "modelopt": w_modelopt}
+           "latency": w_latency, "compile_only": w_compile_only, "modelopt": w_modelopt,
+           "hard_ort": w_hard_ort, "hard_modelopt": w_hard_modelopt}
 
 
 def worker_main(spec: str) -> None:
