@@ -58,7 +58,7 @@ def _quant(target: str, precision: str):
             prep.append("cle")
         prep.append("cleanup")
         if o.smooth == "auto":
-            prep.append("smooth-quant{layers=all min-ratio=8 max-samples=32 quiet=true}")
+            prep.append("smooth-quant{layers=all min-ratio=8 max-samples=16 quiet=true}")
         elif o.smooth == "on":
             prep.append("smooth-quant")
         common = f"target={target} precision={precision}"

@@ -113,9 +113,11 @@ class GuardResult:
 def output_parts(reference: gs.Graph) -> dict[str, list[tuple[str, int, int, int]]]:
     """output -> [(part name, axis, start, stop)]: an output produced by a Concat with static part sizes is
     judged per concatenated input (boxes and scores apart); any other output is one part."""
+    out: dict[str, list[tuple[str, int, int, int]]] = {}
+    if not any((producer(o) is not None and producer(o).op == "Concat") for o in reference.outputs):
+        return {o.name: [(o.name, 0, 0, -1)] for o in reference.outputs}
     g = copy_graph(reference)
     infer_shapes(g)
-    out: dict[str, list[tuple[str, int, int, int]]] = {}
     for o in g.outputs:
         p = producer(o)
         parts = [(o.name, 0, 0, -1)]
@@ -383,8 +385,15 @@ def _run(sess: Session, feeds: list[dict[str, np.ndarray]], extra: dict[str, np.
             for f in feeds[:limit]]
 
 
-def _reference_run(reference: gs.Graph, feeds, threads: int | None):
-    """FP32 outputs on the feeds, and the output shape of every top-level weighted layer (for its MACs)."""
+def _reference_run(reference: gs.Graph, feeds, threads: int | None, shapes: bool = False):
+    """FP32 outputs on the feeds and, with ``shapes``, the output shape of every top-level weighted layer (for
+    its MACs; exposing them costs memory and time, so only when the model is unhealthy)."""
+    if not shapes:
+        sess = Session(reference, opt_level="all", threads=threads)  # float: onnxruntime may fuse freely
+        try:
+            return _run(sess, feeds), {}
+        finally:
+            sess.close()
     g = copy_graph(reference)
     ts = g.tensors()
     layer_outs = [n.outputs[0].name for n in g.nodes if LayerKind.of(n.op) is not None and n.outputs
@@ -410,9 +419,8 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
     """Decide which points get which remedy (see the module docstring); the graph is not changed here."""
     feeds = _feeds(data, reference, samples)
     parts = output_parts(reference)
-    # the healthy case first, and cheaply: one FP32 run (which also gives the layers' output shapes, for the
-    # MACs) and one run of the quantized graph as it is
-    ref, shapes = _reference_run(reference, feeds, threads)
+    # the healthy case first, and cheaply: one FP32 run and one run of the quantized graph as it is
+    ref, _ = _reference_run(reference, feeds, threads)
     judge = Judge(parts, ref)
     q_sess = Session(qdq, opt_level="basic", threads=threads)
     try:
@@ -422,6 +430,7 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
     worst0 = min(before.values())
     if worst0 >= sqnr:
         return GuardResult(True, worst0, worst0, before, before, evaluations=1)
+    shapes = _reference_run(reference, feeds[:1], threads, shapes=True)[1]
     macs = layer_macs(reference, shapes)
     ranges: dict[str, tuple[float, float]] = {}
     if range_of is not None:

@@ -18,7 +18,7 @@ def _expand(text: str) -> str:
 
 def test_trt_int8_defaults():
     assert _expand("trt-int8") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
-                                   "smooth-quant{max-samples=32 layers=all min-ratio=8.0 quiet=true},"
+                                   "smooth-quant{max-samples=16 layers=all min-ratio=8.0 quiet=true},"
                                    "calibrate{target=tensorrt precision=int8 histograms=true},"
                                    "insert-qdq{target=tensorrt precision=int8},guard,cleanup")
     assert _expand("trt-int8{smooth=off guard=off}") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
