@@ -114,7 +114,7 @@ def output_parts(reference: gs.Graph) -> dict[str, list[tuple[str, int, int, int
     """output -> [(part name, axis, start, stop)]: an output produced by a Concat with static part sizes is
     judged per concatenated input (boxes and scores apart); any other output is one part."""
     out: dict[str, list[tuple[str, int, int, int]]] = {}
-    if not any((producer(o) is not None and producer(o).op == "Concat") for o in reference.outputs):
+    if not any(getattr(producer(o), "op", None) == "Concat" for o in reference.outputs):
         return {o.name: [(o.name, 0, 0, -1)] for o in reference.outputs}
     g = copy_graph(reference)
     infer_shapes(g)
@@ -385,10 +385,10 @@ def _run(sess: Session, feeds: list[dict[str, np.ndarray]], extra: dict[str, np.
             for f in feeds[:limit]]
 
 
-def _reference_run(reference: gs.Graph, feeds, threads: int | None, shapes: bool = False):
+def _reference_run(reference: gs.Graph, feeds, threads: int | None, with_shapes: bool = False):
     """FP32 outputs on the feeds and, with ``shapes``, the output shape of every top-level weighted layer (for
     its MACs; exposing them costs memory and time, so only when the model is unhealthy)."""
-    if not shapes:
+    if not with_shapes:
         sess = Session(reference, opt_level="all", threads=threads)  # float: onnxruntime may fuse freely
         try:
             return _run(sess, feeds), {}
@@ -430,7 +430,7 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
     worst0 = min(before.values())
     if worst0 >= sqnr:
         return GuardResult(True, worst0, worst0, before, before, evaluations=1)
-    shapes = _reference_run(reference, feeds[:1], threads, shapes=True)[1]
+    shapes = _reference_run(reference, feeds[:1], threads, with_shapes=True)[1]
     macs = layer_macs(reference, shapes)
     ranges: dict[str, tuple[float, float]] = {}
     if range_of is not None:
