@@ -56,6 +56,7 @@ EXAMPLES = {
         examples:
           qcompiler finetune model.w4.onnx --fp32 model.onnx --calib-data calib.npz --method adaround -o model.ada.onnx
           qcompiler finetune model.int8.onnx --fp32 model.onnx --calib-data calib.npz --method lsq -o model.lsq.onnx
+          qcompiler finetune model.w4.onnx --fp32 model.onnx --calib-data calib.npz --method gptq -o model.gptq.onnx
     """,
     "demo": """
         examples:
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "finetune", "fine-tune a Q/DQ model's scales or rounding in torch and write it back")
     p.add_argument("qdq", help="quantized model (from `qcompiler compile`)")
     p.add_argument("--fp32", required=True, help="the FP32 model it came from (the distillation teacher)")
-    p.add_argument("--method", choices=("adaround", "lsq", "lsq+"), required=True)
+    p.add_argument("--method", choices=("adaround", "lsq", "lsq+", "gptq"), required=True,
+                   help="adaround / lsq / lsq+: torch; gptq: second-order weight rounding in numpy")
     p.add_argument("-o", "--output", required=True)
     _add_calib_args(p)
     p.add_argument("--iters", type=int, default=None, help="iterations (per layer for adaround)")

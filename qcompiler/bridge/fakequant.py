@@ -115,8 +115,9 @@ class WeightFakeQuant(torch.nn.Module):
     def _expand(self, t: torch.Tensor) -> torch.Tensor:
         W = self.weight
         if self.block_size:
-            t = torch.repeat_interleave(t, self.block_size, dim=0)[: W.shape[0]]
-            return t
+            ax = self.axis or 0
+            t = torch.repeat_interleave(t, self.block_size, dim=ax)
+            return t.narrow(ax, 0, W.shape[ax])
         return _shape_for(t, W, self.axis)
 
     def init_adaround(self) -> None:

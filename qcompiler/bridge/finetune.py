@@ -257,7 +257,16 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
     data.check_signature(fp32)
     batches = collect_inputs(data, fp32, (calib_options or {}).get("max_samples") or max_samples, diags)
     show = mode_for(progress)
-    if method == "adaround":
+    if method == "gptq":  # numpy, no torch: the record insert-qdq would have kept is read back from the graph
+        from ..quant.gptq import record_from_graph, run_gptq
+
+        rep = run_gptq(qdq, fp32, record_from_graph(qdq), data, max_samples=min(max_samples, 128), progress=show,
+                       diagnostics=diags)
+        er = sum(a for a, _ in rep.layers.values())
+        eg = sum(b for _, b in rep.layers.values())
+        res = FinetuneResult("gptq", len(rep.layers), rep.seconds, rep.seconds / max(len(rep.layers), 1), er, eg,
+                             {}, layers=len(rep.layers))
+    elif method == "adaround":
         res = adaround(qdq, fp32, batches, iters=iters or 500, lr=lr or 1e-2, seed=seed, progress=show)
     else:
         res = lsq(qdq, fp32, batches, iters=iters or 300, lr=lr or 1e-3, train_weights=train_weights,

@@ -105,18 +105,21 @@ def weight_qparams(W: np.ndarray, spec: QSpec, axis: int | None) -> QParams:
 
 
 def _block_qparams(W: np.ndarray, spec: QSpec, axis: int | None) -> QParams:
-    """Blocks along the reduction axis K of a [K, N] weight (axis 0 of the scale)."""
+    """Blocks of ``block_size`` along ``axis`` (the reduction axis K of a 2-D MatMul/Gemm weight: 0 for [K, N],
+    1 for a transB Gemm's [N, K]); the scale has the weight's shape with that axis divided by the block size."""
     assert spec.block_size is not None
     bs = int(spec.block_size)
-    k = W.shape[0]
+    ax = 0 if axis is None else axis
+    Wm = np.moveaxis(np.abs(W), ax, 0)  # [K, ...]
+    k = Wm.shape[0]
     nblk = (k + bs - 1) // bs
     pad = nblk * bs - k
-    Wp = np.pad(np.abs(W), ((0, pad), (0, 0))) if pad else np.abs(W)
-    amax = Wp.reshape(nblk, bs, -1).max(axis=1)  # [K/bs, N]
+    Wp = np.pad(Wm, ((0, pad),) + ((0, 0),) * (Wm.ndim - 1)) if pad else Wm
+    amax = Wp.reshape((nblk, bs) + Wm.shape[1:]).max(axis=1)  # [K/bs, ...]
     narrow = True if spec.narrow is None else bool(spec.narrow)
     qmin, qmax = spec.grid(narrow)
-    scale = np.maximum(amax / qmax, SCALE_FLOOR).astype(np.float32)
-    return QParams(scale, _zero(spec, scale.shape), qmin, qmax, spec, 0, bs)
+    scale = np.moveaxis(np.maximum(amax / qmax, SCALE_FLOOR), 0, ax).astype(np.float32)
+    return QParams(scale, _zero(spec, scale.shape), qmin, qmax, spec, ax, bs)
 
 
 def expand_scale(q: QParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +127,11 @@ def expand_scale(q: QParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.nda
     scale = q.scale.astype(np.float64)
     zp = q.zero_point.astype(np.float64) if not q.spec.fp8 else np.zeros_like(scale)
     if q.block_size:
-        reps = q.block_size
-        s = np.repeat(scale, reps, axis=0)[: shape[0]]
-        z = np.repeat(zp, reps, axis=0)[: shape[0]]
+        reps, ax = q.block_size, q.axis or 0
+        idx = [slice(None)] * len(shape)
+        idx[ax] = slice(0, shape[ax])
+        s = np.repeat(scale, reps, axis=ax)[tuple(idx)]
+        z = np.repeat(zp, reps, axis=ax)[tuple(idx)]
         return s, z
     if q.axis is None or scale.ndim == 0:
         return scale, zp

@@ -330,7 +330,7 @@ class _Planner:
                 spec = cfg.weight
                 if spec.per_block and n.op not in ("MatMul", "Gemm"):
                     raise RecipeError(f"{n.name}: blocked (int4) weights are for MatMul/Gemm only", rule="R16")
-                axis = geo.out_axis if spec.per_channel else None
+                axis = geo.out_axis if spec.per_channel else (geo.in_axis if spec.per_block else None)
                 if spec.per_channel and not geo.per_channel_writable:
                     axis = None  # a per-output-channel scale cannot be written for grouped ConvTranspose (R9)
                     if self.diag is not None:
