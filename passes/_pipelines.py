@@ -80,6 +80,29 @@ def _quant(target: str, precision: str):
     return build
 
 
+@dataclass(frozen=True)
+class WeightOnlyOptions:
+    method: str = option("gptq", "how the blocked weights are rounded: rtn (round to nearest), awq (activation-aware "
+                                 "scales first), gptq (second-order rounding; the best measured, docs/benchmarks.md), "
+                                 "awq+gptq", choices=("rtn", "awq", "gptq", "awq+gptq"))
+    block_size: int = option(128, "inputs per weight block (the reduction axis)", min=1)
+    bits: int = option(4, "weight bits: 4 or 8", choices=(4, 8))
+
+
+def _weight_only(target: str):
+    def build(o: WeightOnlyOptions) -> str:
+        precision = f"int{o.bits}-weights"
+        common = f"target={target} precision={precision} block-size={o.block_size}"
+        steps = ["cleanup", "fold-constants", "cleanup"]
+        if "awq" in o.method:
+            steps.append(f"awq{{bits={o.bits} block-size={o.block_size}}}")
+        steps += [f"calibrate{{{common}}}", f"insert-qdq{{{common}}}"]
+        if "gptq" in o.method:
+            steps.append("gptq{inputs=fp32}")
+        return ",".join(steps + ["cleanup"])
+    return build
+
+
 #: the named pipelines, registered by qcompiler.passes.register
 PIPELINES = [
     NamedPipeline(
@@ -96,6 +119,12 @@ PIPELINES = [
         "trt-fp8", "TensorRT fp8 (E4M3): fold-bn, merge-conv1x1, calibrate, insert-qdq at opset 19",
         _quant("tensorrt", "fp8"), QuantOptions,
         doc="FP8 Q/DQ (opset 19, float8e4m3fn zero points, saturate=1); needs an Ada/Hopper GPU to build."),
+    NamedPipeline(
+        "trt-int4-weights", "TensorRT weight-only int4: MatMul/Gemm weights in blocks (opset 21), activations float",
+        _weight_only("tensorrt"), WeightOnlyOptions,
+        doc="For transformer-class models: blocked int4 (or int8) weights behind DequantizeLinear with block_size, "
+            "rounded by GPTQ (default), AWQ's activation-aware scales or round-to-nearest; convolutions and "
+            "activations stay float."),
     NamedPipeline(
         "ort-int8", "onnxruntime CPU int8: Q/DQ on op inputs and outputs so onnxruntime picks integer kernels",
         _quant("onnxruntime", "int8"), QuantOptions,

@@ -56,7 +56,10 @@ class Calibrate(Pass):
         max_samples: int = option(0, "use at most this many samples (0: all)", min=0)
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
                              choices=("auto",) + target_names())
-        precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
+        precision: str = option("auto", "int8, fp8, or weight-only int4-weights / int8-weights (blocked MatMul/Gemm "
+                                        "weights, everything else float) (auto: the recipe's, else int8)",
+                                choices=("auto", "int8", "fp8", "int4-weights", "int8-weights"))
+        block_size: int = option(128, "inputs per weight block for the weight-only precisions", min=1)
         attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
                                           "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
                                 choices=("recipe", "float", "quantized"))
@@ -71,13 +74,17 @@ class Calibrate(Pass):
         from .insert_qdq import refuse_if_quantized
 
         refuse_if_quantized(graph)
-        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention)
+        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention,
+                               self.options.block_size)
         validate_for_target(recipe)
         recipe.check_patterns(graph, ctx.diagnostics)
         plan = make_plan(graph, recipe, None)
         observed = plan.observed()
         if not observed:
-            ctx.warning("QC405", "nothing to calibrate: the plan quantizes no activation")
+            if not any(s for w, s in recipe.specs() if w.endswith(".activation")):  # weight-only: as asked
+                ctx.remark("QC405", "nothing to calibrate: the recipe quantizes weights only")
+            else:
+                ctx.warning("QC405", "nothing to calibrate: the plan quantizes no activation")
             ctx.state.put(CalibrationStats({}, "", 0))
             return PassResult(False, {"tensors": 0})
         cal = recipe.calibration

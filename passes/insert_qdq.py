@@ -69,7 +69,10 @@ class InsertQDQ(Pass):
     class Options:
         target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
                              choices=("auto",) + target_names())
-        precision: str = option("auto", "int8 or fp8 (auto: the recipe's, else int8)", choices=("auto", "int8", "fp8"))
+        precision: str = option("auto", "int8, fp8, or weight-only int4-weights / int8-weights (blocked MatMul/Gemm "
+                                        "weights, everything else float) (auto: the recipe's, else int8)",
+                                choices=("auto", "int8", "fp8", "int4-weights", "int8-weights"))
+        block_size: int = option(128, "inputs per weight block for the weight-only precisions", min=1)
         attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
                                           "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
                                 choices=("recipe", "float", "quantized"))
@@ -83,7 +86,8 @@ class InsertQDQ(Pass):
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         refuse_if_quantized(graph)
-        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention)
+        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention,
+                               self.options.block_size)
         validate_for_target(recipe)
         tgt = get_target(recipe.target)
         need = tgt.opset_fp8 if recipe.precision == "fp8" or any(s.fp8 for _, s in recipe.specs()) else tgt.opset_int8

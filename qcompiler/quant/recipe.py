@@ -180,10 +180,24 @@ def _rule(data: Any, where: str) -> Rule:
     return r
 
 
-def default_recipe(target: str = "tensorrt", precision: str = "int8", observer: str | None = None) -> Recipe:
-    """The target's default recipe for ``precision`` (qcompiler/quant/targets/)."""
+#: weight-only precisions: blocked integer weights on MatMul/Gemm, activations and every other layer float
+WEIGHT_ONLY = {"int4-weights": 4, "int8-weights": 8}
+
+
+def default_recipe(target: str = "tensorrt", precision: str = "int8", observer: str | None = None,
+                   block_size: int = 128) -> Recipe:
+    """The target's default recipe for ``precision`` (qcompiler/quant/targets/).  The weight-only precisions
+    (``int4-weights``, ``int8-weights``) quantize MatMul/Gemm weights in blocks of ``block_size`` inputs (opset
+    21 DequantizeLinear with block_size) and leave activations and convolutions float."""
     from .targets import get_target
 
+    if precision in WEIGHT_ONLY:
+        tgt = get_target(target)
+        w = QSpec(f"s{WEIGHT_ONLY[precision]}", "per_block_symmetric", block_size=int(block_size))
+        r = Recipe(target=tgt.name, precision=precision, global_rule=Rule(None, None),
+                   op_types={"MatMul": Rule(w, None), "Gemm": Rule(w, None)})
+        r.source = r.to_dict()
+        return r
     tgt = get_target(target)
     d = tgt.default(precision)
     w = QSpec(d.weight[0], d.weight[1])
@@ -214,11 +228,11 @@ def from_data(data: Any, where: str = "recipe") -> Recipe:
                           hint="targets: " + ", ".join(target_names())) from None
     target = tgt.name
     precision = str(data.get("precision", "int8")).lower()
-    if precision not in tgt.defaults:
-        raise RecipeError(f"{where}: precision must be one of {', '.join(tgt.defaults)} for {target}, not "
-                          f"'{data.get('precision')}'")
+    if precision not in tgt.defaults and precision not in WEIGHT_ONLY:
+        raise RecipeError(f"{where}: precision must be one of {', '.join(list(tgt.defaults) + list(WEIGHT_ONLY))} "
+                          f"for {target}, not '{data.get('precision')}'")
     base = default_recipe(target, precision)
-    r = Recipe(target=target, precision=precision, global_rule=base.global_rule)
+    r = Recipe(target=target, precision=precision, global_rule=base.global_rule, op_types=dict(base.op_types))
     if "global" in data:
         g = _rule(data["global"], f"{where}.global")
         r.global_rule = Rule(*g.apply(base.global_rule.weight, base.global_rule.activation))

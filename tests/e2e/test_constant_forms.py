@@ -17,10 +17,12 @@ from qcompiler.zoo import forms
 
 #: what a pass that needs earlier facts runs after (its own pipeline prefix); the rest run alone
 PREFIX = {"insert-qdq": "calibrate", "bias-correct": "calibrate,insert-qdq", "adaround": "calibrate,insert-qdq",
-          "lsq": "calibrate,insert-qdq", "mixed-precision": "calibrate,insert-qdq", "guard": "calibrate,insert-qdq"}
+          "lsq": "calibrate,insert-qdq", "mixed-precision": "calibrate,insert-qdq", "guard": "calibrate,insert-qdq",
+          "gptq": "calibrate,insert-qdq"}
 OPTIONS = {"adaround": "{iters=4 max-samples=8}", "lsq": "{iters=4 max-samples=8}",
            "mixed-precision": "{target-sqnr=60 max-samples=8}", "bias-correct": "{max-samples=8}",
-           "smooth-quant": "{max-samples=8}", "absorb-bias": "{max-samples=8}"}
+           "smooth-quant": "{max-samples=8}", "absorb-bias": "{max-samples=8}", "gptq": "{max-samples=8}",
+           "awq": "{max-samples=8 block-size=16}"}
 PASSES = sorted(default_registry().passes())
 
 

@@ -75,14 +75,16 @@ def test_each_pass_preserves_outputs(name, g):
     ref = copy_graph(g)
     ctx = PassContext()
     feeds = random_feeds(g, batch=2, seed=1)
-    if name in ("absorb-bias", "smooth-quant"):
+    if name in ("absorb-bias", "smooth-quant", "awq"):
         from qcompiler.calib import as_data_source
 
         ctx.calib_data = as_data_source(feeds)
     run_pipeline(g, name, ctx, verify_each=True)
     assert_outputs_close(ref, g, feeds, rtol=1e-4, atol=1e-5)
     again = run_pipeline(g, name, ctx, verify_each=True)
-    assert not again.records[0].modified, again.records[0].stats
+    if name != "awq":  # awq searches its scales again on the rescaled weights; it stays exact (above)
+        assert not again.records[0].modified, again.records[0].stats
+    assert_outputs_close(ref, g, feeds, rtol=1e-4, atol=1e-5)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
