@@ -268,3 +268,64 @@ class Decoder(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class _HSE(nn.Module):
+    """MobileNetV3's squeeze-excite: avgpool, 1x1 conv, ReLU, 1x1 conv, hard sigmoid, scale."""
+
+    def __init__(self, c: int, r: int = 4):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, max(8, c // r), 1)
+        self.fc2 = nn.Conv2d(max(8, c // r), c, 1)
+
+    def forward(self, x):
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class _V3Block(nn.Module):
+    def __init__(self, cin, hidden, cout, k, stride, se, act):
+        super().__init__()
+        a = nn.Hardswish if act == "hs" else nn.ReLU
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), _bn(hidden), a()]
+        layers += [nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False), _bn(hidden), a()]
+        if se:
+            layers.append(_HSE(hidden))
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), _bn(cout)]
+        self.block = nn.Sequential(*layers)
+        self.res = stride == (1, 1) and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return x + y if self.res else y
+
+
+class TextDirectionClassifier(nn.Module):
+    """The structure of PaddleOCR's text direction classifier: MobileNetV3-small (scale 0.35), 3x48x192 crops,
+    strides (2, 1) in the later stages so the width survives, 2 classes; 53 convolutions."""
+
+    CFG = [  # k, hidden, out, se, act, stride
+        (3, 16, 16, True, "re", (2, 1)), (3, 72, 24, False, "re", (2, 1)), (3, 88, 24, False, "re", 1),
+        (5, 96, 40, True, "hs", (2, 1)), (5, 240, 40, True, "hs", 1), (5, 240, 40, True, "hs", 1),
+        (5, 120, 48, True, "hs", 1), (5, 144, 48, True, "hs", 1), (5, 288, 96, True, "hs", (2, 1)),
+        (5, 576, 96, True, "hs", 1), (5, 576, 96, True, "hs", 1)]
+
+    def __init__(self, scale: float = 0.35, num_classes: int = 2):
+        super().__init__()
+
+        def mk(c):
+            return max(8, int(round(c * scale / 8)) * 8)
+
+        layers: list[nn.Module] = [nn.Conv2d(3, mk(16), 3, 2, 1, bias=False), _bn(mk(16)), nn.Hardswish()]
+        cin = mk(16)
+        for k, h, o, se, act, s in self.CFG:
+            layers.append(_V3Block(cin, mk(h), mk(o), k, s if isinstance(s, tuple) else (s, s), se, act))
+            cin = mk(o)
+        layers += [nn.Conv2d(cin, mk(576), 1, bias=False), _bn(mk(576)), nn.Hardswish(), nn.MaxPool2d(2, 2)]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(mk(576), num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))

@@ -62,6 +62,8 @@ def _entries() -> dict[str, ZooEntry]:
                  "MobileNetV2 1.0 architecture (random weights)"),
         ZooEntry("efficientnet-b0", lambda: A.EfficientNetB0(), big, False,
                  "EfficientNet-B0-like (SiLU, squeeze-excite, depthwise 5x5; random weights)"),
+        ZooEntry("text-cls", lambda: A.TextDirectionClassifier(), (3, 48, 192), False,
+                 "text direction classifier, PaddleOCR-style MobileNetV3-small x0.35 on 3x48x192 (random weights)"),
         ZooEntry("decoder", lambda: A.Decoder(), (64, 16, 16), False,
                  "ConvTranspose decoder with BN (incl. a grouped deconv; random weights)"),
     ]

@@ -52,3 +52,11 @@ def tiny_model_path(tmp_path):
     p = tmp_path / "tiny.onnx"
     save_model(g, p)
     return p
+
+
+@pytest.fixture
+def w4(tmp_path):
+    """A recipe with 4-bit per-channel weights (W4A8)."""
+    p = tmp_path / "w4.yaml"
+    p.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
+    return str(p)

@@ -122,7 +122,19 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
 
 def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 500,
              lr: float = 1e-2, reg: float = 0.01, beta_start: float = 20.0, beta_end: float = 2.0,
-             warmup: float = 0.2, seed: int = 0, progress: str = "off") -> FinetuneResult:
+             warmup: float = 0.2, seed: int = 0, progress: str = "off", sample: int = 8,
+             min_iters: int = 200, full_size: int = 4096, patience: int = 3) -> FinetuneResult:
+    """AdaRound, layer by layer in topological order, in time linear in the model:
+
+    * the quantized model (earlier layers already rounded) and the FP32 model are each run *once*, layer after
+      layer (:meth:`GraphModule.run_until` keeps only the live tensors); each layer's inputs and FP32 outputs over
+      all the calibration samples are cached while it trains, then dropped;
+    * every iteration reconstructs a random ``sample`` of those samples, not all of them;
+    * a layer with ``w`` weights gets ``iters * min(1, w / full_size)`` iterations, at least ``min_iters``;
+    * after the warm-up a layer stops early when its reconstruction error has not improved by 0.5 % for
+      ``patience`` windows of 50 iterations and its rounding has settled (99 % of the soft decisions decided);
+    * progress: a line per layer (layer k/N, error before -> after, elapsed, time left) in a log.
+    """
     torch = _setup(seed)
     from .ops import OPS
 
@@ -136,41 +148,54 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
     if not layers:
         raise BridgeError("no quantized layer with a stored integer weight to round", code="QC603")
     feeds = [{k: torch.from_numpy(np.array(v)).to(dev) for k, v in b.items()} for b in batches]
-    with torch.no_grad():
-        fp_out: dict[str, list[Any]] = {n.name: [] for n in layers}
-        for f in feeds:
-            cap = teacher(f, capture={n.name for n in layers})["__captured__"]
-            for n in layers:
-                fp_out[n.name].append(cap[n.name][1][0].detach())
+    s_env = [student.start(f) for f in feeds]
+    t_env = [teacher.start(f) for f in feeds]
+    s_pos = [0] * len(feeds)
+    t_pos = [0] * len(feeds)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     total_before = total_after = 0.0
-    bar = Progress("adaround", total=len(layers), unit="layers", mode=progress)
+    iterations = 0
+    bar = Progress("adaround", total=len(layers), unit="layers", mode=progress, interval=0.0)
     t0 = time.perf_counter()
     for layer in layers:
         wq = student.wq[_key_of(producer(layer.inputs[1]))]
-        with torch.no_grad():  # the layer's inputs in the quantized model, earlier layers already rounded
-            xs = []
-            for f in feeds:
-                cap = student(f, capture={layer.name}, until=layer.name)
-                xs.append([t.detach() if isinstance(t, torch.Tensor) else t for t in cap[layer.name][0]])
-        targets = fp_out[layer.name]
+        fn = OPS[layer.op]
+        with torch.no_grad():  # this layer's inputs in both models, each model advanced to it only once
+            xs, ts = [], []
+            for b in range(len(feeds)):
+                s_pos[b], ins = student.run_until(s_env[b], s_pos[b], layer.name)
+                t_pos[b], tins = teacher.run_until(t_env[b], t_pos[b], layer.name)
+                xs.append(ins)
+                ts.append(fn(tins, layer.attrs, teacher.opset)[0].detach())
+            X = torch.cat([x[0] for x in xs]) if len(xs) > 1 else xs[0][0]
+            T = torch.cat(ts) if len(ts) > 1 else ts[0]
+            rest = xs[0][1:]
+        n = int(X.shape[0])
         wq.init_adaround()
         opt = torch.optim.Adam([wq.alpha], lr=lr)
-        fn = OPS[layer.op]
-        widx = 1
 
-        def run(ins):
-            ins = list(ins)
-            ins[widx] = wq()
-            return fn(ins, layer.attrs, student.opset)[0]
+        def run(x, _rest=rest, _fn=fn, _layer=layer):
+            ins = [x] + list(_rest)
+            ins[1] = wq()
+            return _fn(ins, _layer.attrs, student.opset)[0]
 
-        with torch.no_grad():
-            wq.mode = "nearest"
-            before = float(np.mean([float(torch.mean((run(x) - t) ** 2)) for x, t in zip(xs, targets)]))
-            wq.mode = "adaround"
-        for it in range(iters):
-            k = it % len(xs)
-            rec = torch.mean((run(xs[k]) - targets[k]) ** 2)
-            frac = it / max(iters - 1, 1)
+        def error(_X=X, _T=T) -> float:
+            with torch.no_grad():
+                return float(sum(float(torch.sum((run(_X[i:i + 64]) - _T[i:i + 64]) ** 2))
+                                 for i in range(0, n, 64)) / max(_T.numel(), 1))
+
+        wq.mode = "nearest"
+        before = error()
+        wq.mode = "adaround"
+        n_w = int(wq.weight.numel())
+        budget = max(min_iters, int(iters * min(1.0, n_w / full_size)))
+        window, best, stale = 0.0, float("inf"), 0
+        it = 0
+        for it in range(budget):
+            idx = torch.randperm(n, generator=gen)[: min(sample, n)].to(dev) if n > sample else None
+            xb, tb = (X, T) if idx is None else (X[idx], T[idx])
+            rec = torch.mean((run(xb) - tb) ** 2)
+            frac = it / max(budget - 1, 1)
             if frac < warmup:
                 loss = rec
             else:
@@ -180,7 +205,19 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
             opt.zero_grad()
             loss.backward()
             opt.step()
-
+            window += float(rec.detach())
+            if (it + 1) % 50 == 0:
+                avg, window = window / 50, 0.0
+                if avg < best * 0.995:
+                    best, stale = avg, 0
+                else:
+                    stale += 1
+                if frac > warmup and stale >= patience:
+                    with torch.no_grad():
+                        settled = float(torch.mean((torch.abs(2 * wq.h() - 1) > 0.9).float()))
+                    if settled > 0.99:
+                        break
+        iterations += it + 1
         with torch.no_grad():  # freeze the hard decision for the layers that follow
             ints = wq.integer_weight()
             master = wq.weight.detach().clone()
@@ -189,19 +226,25 @@ def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]]
             wq.weight.copy_((ints - z) * s)  # on the grid: nearest rounding reproduces the learned integers
             wq.mode = "nearest"
             wq.alpha = None
-            after = float(np.mean([float(torch.mean((run(x) - t) ** 2)) for x, t in zip(xs, targets)]))
-            if after > before:  # learned rounding worse than nearest on this layer: keep nearest
+        after = error()
+        if after > before:  # learned rounding worse than nearest on this layer: keep nearest
+            with torch.no_grad():
                 wq.weight.copy_(master)
-                after = before
+            after = before
+        with torch.no_grad():  # the environments computed this layer's weight before it was trained
+            w_now = wq()
+            for env in s_env:
+                env[layer.inputs[1].name] = w_now
         total_before += before
         total_after += after
-        bar.update(1, note=f"{layer.name}: error {before:.4g} -> {after:.4g}")
+        del xs, ts
+        bar.update(1, note=f"{layer.name}: error {before:.4g} -> {after:.4g} ({it + 1} iterations)")
     dt = time.perf_counter() - t0
     bar.close()
     written = student.write_back()
-    n = max(len(layers), 1)
-    return FinetuneResult("adaround", iters, dt, dt / max(iters * len(layers), 1), total_before / n, total_after / n,
-                          written, layers=len(layers))
+    n_l = max(len(layers), 1)
+    return FinetuneResult("adaround", iterations, dt, dt / max(iterations, 1), total_before / n_l,
+                          total_after / n_l, written, layers=len(layers))
 
 
 def _key_of(node: gs.Node | None) -> str | None:

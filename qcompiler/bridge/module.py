@@ -236,46 +236,90 @@ def _make_module_class():
                 return moved
             return v
 
-        def forward(self, *args, capture: set[str] | None = None, until: str | None = None, **feeds):
-            if args:
-                if len(args) == 1 and isinstance(args[0], dict):
-                    feeds = dict(args[0])
-                else:
-                    feeds = dict(zip(self.input_names, args))
+        def start(self, feeds: dict) -> dict[str, Any]:
+            """An environment holding the inputs, for :meth:`forward` or :meth:`run_until`."""
             env: dict[str, Any] = {}
             for name in self.input_names:
                 v = feeds[name]
                 env[name] = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
             if self.input_names:
                 env["__device__"] = env[self.input_names[0]].device
+            return env
+
+        def _step(self, env: dict, kind: str, n: gs.Node):
+            """Run one plan step; returns (inputs, outputs) of an op node, else None."""
+            if kind == "skip":
+                return None
+            if kind == "q":
+                y = self.fq[_key(n.name)](self._value(env, n.inputs[0]))
+                for dq in n.outputs[0].outputs:
+                    env[dq.outputs[0].name] = y
+                return None
+            if kind == "dq":
+                env[n.outputs[0].name] = self.wq[_key(n.name)]()
+                return None
+            ins = [self._value(env, i) for i in n.inputs]
+            attrs = n.attrs
+            if n.op == "Split":
+                attrs = dict(attrs, __n_outputs__=len(n.outputs))
+            elif n.name in self._attr_values:
+                v = self._attr_values[n.name]
+                if v is not None and v.device != env["__device__"]:
+                    v = v.to(env["__device__"])
+                attrs = dict(attrs, __value__=v)
+            outs = OPS[n.op](ins, attrs, self.opset)
+            for t, v in zip(n.outputs, outs):
+                if t.name:
+                    env[t.name] = v
+            return ins, outs
+
+        def _frees(self) -> dict[int, list[str]]:
+            """Plan step -> tensors no later step reads (freed after it by :meth:`run_until`)."""
+            if getattr(self, "_free_at", None) is None:
+                last: dict[str, int] = {}
+                for i, (kind, n) in enumerate(self._plan):
+                    if kind in ("op", "q"):
+                        for t in (n.inputs if kind == "op" else n.inputs[:1]):
+                            if t.name and not isinstance(t, gs.Constant):
+                                last[t.name] = i
+                keep = {t.name for t in self.graph.outputs} | set(self.input_names)
+                free: dict[int, list[str]] = {}
+                for name, i in last.items():
+                    if name not in keep:
+                        free.setdefault(i, []).append(name)
+                self._free_at = free
+            return self._free_at
+
+        def run_until(self, env: dict, start: int, stop: str) -> tuple[int, list]:
+            """Run the plan from step ``start`` up to the node named ``stop`` (not run): returns its step index and
+            its inputs.  Tensors no later step needs are dropped from ``env`` as it goes, so running the model
+            layer after layer costs one forward in all and holds only what is live."""
+            free = self._frees()
+            for i in range(start, len(self._plan)):
+                kind, n = self._plan[i]
+                if kind == "op" and n.name == stop:
+                    return i, [self._value(env, t) for t in n.inputs]
+                self._step(env, kind, n)
+                for name in free.get(i, ()):
+                    env.pop(name, None)
+            raise BridgeError(f"node '{stop}' is not in the graph the bridge runs", code="QC602")
+
+        def forward(self, *args, capture: set[str] | None = None, until: str | None = None, **feeds):
+            if args:
+                if len(args) == 1 and isinstance(args[0], dict):
+                    feeds = dict(args[0])
+                else:
+                    feeds = dict(zip(self.input_names, args))
+            env = self.start(feeds)
             captured: dict[str, Any] = {}
             for kind, n in self._plan:
-                if kind == "skip":
+                r = self._step(env, kind, n)
+                if r is None:
                     continue
-                if kind == "q":
-                    y = self.fq[_key(n.name)](self._value(env, n.inputs[0]))
-                    for dq in n.outputs[0].outputs:
-                        env[dq.outputs[0].name] = y
-                elif kind == "dq":
-                    env[n.outputs[0].name] = self.wq[_key(n.name)]()
-                else:
-                    ins = [self._value(env, i) for i in n.inputs]
-                    attrs = n.attrs
-                    if n.op == "Split":
-                        attrs = dict(attrs, __n_outputs__=len(n.outputs))
-                    elif n.name in self._attr_values:
-                        v = self._attr_values[n.name]
-                        if v is not None and v.device != env["__device__"]:
-                            v = v.to(env["__device__"])
-                        attrs = dict(attrs, __value__=v)
-                    outs = OPS[n.op](ins, attrs, self.opset)
-                    for t, v in zip(n.outputs, outs):
-                        if t.name:
-                            env[t.name] = v
-                    if capture and n.name in capture:
-                        captured[n.name] = (ins, outs)
-                    if until is not None and n.name == until:
-                        return captured
+                if capture and n.name in capture:
+                    captured[n.name] = r
+                if until is not None and n.name == until:
+                    return captured
             result = {name: env[name] if name in env else self._value(env, t)
                       for name, t in zip(self.output_names, self.graph.outputs)}
             if capture:

@@ -141,3 +141,41 @@ def test_finetune_cli_and_pipeline_pass(compiled, zoo, tmp_path, digits):
                         calib_data=str(zoo.calibration_npz("resnet", 64)))
     assert any(r.name == "lsq" for r in res.result.records)
     assert lint_model(out2).n_errors == 0
+
+
+def test_adaround_logs_each_layer(zoo, tmp_path, capsys, w4):
+    """In a log (stderr is not a terminal under pytest) AdaRound says what it is doing: one line per layer with
+    its reconstruction error before and after, the iterations it took, elapsed time and time left."""
+    from qcompiler.cli import main
+    from qcompiler.ir import load_model
+
+    src, calib = zoo.onnx_path("mobilenetv2"), str(zoo.calibration_npz("mobilenetv2", 32))
+    rtn = tmp_path / "rtn.onnx"
+    compile_model(src, rtn, "trt-int8{guard=off}", calib_data=calib, config=w4)
+    assert main(["finetune", str(rtn), "--fp32", str(src), "--calib-data", calib, "--method", "adaround",
+                 "-o", str(tmp_path / "a.onnx")]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[adaround]") and "layers (" in line]
+    assert len(lines) >= 10 and all("error" in line and "iterations)" in line and "left" in line for line in lines)
+    g = load_model(tmp_path / "a.onnx")
+    assert any(n.op == "DequantizeLinear" for n in g.nodes)
+
+
+def test_run_until_frees_dead_tensors(zoo):
+    """Running a model layer after layer holds only the live tensors, and gives each layer the inputs a full
+    forward gives it."""
+    import torch
+
+    from qcompiler.ir import load_model
+
+    g = load_model(zoo.onnx_path("resnet"))
+    m = GraphModule(g)
+    x = {"input": torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32))}
+    convs = [n.name for n in g.nodes if n.op == "Conv"]
+    full = m(x, capture=set(convs))["__captured__"]
+    env, pos, sizes = m.start(x), 0, []
+    for name in convs:
+        pos, ins = m.run_until(env, pos, name)
+        assert torch.equal(ins[0], full[name][0][0])
+        sizes.append(len(env))
+    assert max(sizes) < len(g.tensors()) / 3  # dead tensors were dropped

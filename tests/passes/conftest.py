@@ -1,4 +1,4 @@
-"""Shared by the pass tests: a 4-bit weight recipe, and the logits SQNR of a model against an FP32 file on the
+"""Shared by the pass tests: the logits SQNR of a model against an FP32 file on the
 digits test split."""
 
 from __future__ import annotations
@@ -7,13 +7,6 @@ import pytest
 
 from qcompiler.ir import load_model
 from qcompiler.testing import run, sqnr_db
-
-
-@pytest.fixture
-def w4(tmp_path):
-    p = tmp_path / "w4.yaml"
-    p.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
-    return str(p)
 
 
 @pytest.fixture
