@@ -91,7 +91,7 @@ class InsertQDQ(Pass):
         validate_for_target(recipe)
         tgt = get_target(recipe.target)
         need = tgt.opset_fp8 if recipe.precision == "fp8" or any(s.fp8 for _, s in recipe.specs()) else tgt.opset_int8
-        if any(s.per_block for _, s in recipe.specs()):
+        if any(s.per_block or (w.endswith(".activation") and not s.fp8 and s.bits <= 4) for w, s in recipe.specs()):
             need = max(need, tgt.opset_int4)
         current = int(graph.opset or 1)
         if current < need:

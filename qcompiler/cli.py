@@ -57,6 +57,8 @@ EXAMPLES = {
           qcompiler finetune model.w4.onnx --fp32 model.onnx --calib-data calib.npz --method adaround -o model.ada.onnx
           qcompiler finetune model.int8.onnx --fp32 model.onnx --calib-data calib.npz --method lsq -o model.lsq.onnx
           qcompiler finetune model.w4.onnx --fp32 model.onnx --calib-data calib.npz --method gptq -o model.gptq.onnx
+          qcompiler finetune model.w4a4.onnx --fp32 model.onnx --calib-data train.npz --method qat --epochs 8 \
+              --milestones observers=6 -o model.qat.onnx
     """,
     "demo": """
         examples:
@@ -188,8 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "finetune", "fine-tune a Q/DQ model's scales or rounding in torch and write it back")
     p.add_argument("qdq", help="quantized model (from `qcompiler compile`)")
     p.add_argument("--fp32", required=True, help="the FP32 model it came from (the distillation teacher)")
-    p.add_argument("--method", choices=("adaround", "lsq", "lsq+", "gptq"), required=True,
-                   help="adaround / lsq / lsq+: torch; gptq: second-order weight rounding in numpy")
+    p.add_argument("--method", choices=("adaround", "lsq", "lsq+", "gptq", "qat"), required=True,
+                   help="adaround / lsq / lsq+ / qat: torch; gptq: second-order weight rounding in numpy")
+    p.add_argument("--epochs", type=int, default=5, help="qat: epochs over the calibration data")
+    p.add_argument("--milestones", default=None, metavar="NAME=EPOCH,...",
+                   help="qat: freeze from an epoch on, e.g. observers=2,bn=3 (step sizes, BatchNorm statistics)")
     p.add_argument("-o", "--output", required=True)
     _add_calib_args(p)
     p.add_argument("--iters", type=int, default=None, help="iterations (per layer for adaround)")
@@ -432,7 +437,7 @@ def cmd_finetune(args) -> int:
         out = finetune_model(args.qdq, args.fp32, args.output, method=args.method, calib_data=args.calib_data,
                              calib_options=_calib_options(args), iters=args.iters, lr=args.lr,
                              train_weights=args.train_weights, seed=args.seed, progress=_progress(args),
-                             diagnostics=diags)
+                             diagnostics=diags, epochs=args.epochs, milestones=args.milestones)
     finally:
         _emit(list(diags), args)
     print(f"wrote {out}", file=sys.stderr)

@@ -49,15 +49,16 @@ class EmitResult:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _zero(spec: QSpec, shape: tuple[int, ...], value: Any = 0) -> np.ndarray:
+def _zero(spec: QSpec, shape: tuple[int, ...], value: Any = 0, storage: str | None = None) -> np.ndarray:
     if spec.fp8:
         import ml_dtypes
 
         return np.zeros(shape, dtype=ml_dtypes.float8_e4m3fn)
-    if spec.storage in ("int4", "uint4"):
+    st = storage or spec.storage
+    if st in ("int4", "uint4"):
         import ml_dtypes
 
-        return np.full(shape, value, dtype=ml_dtypes.int4 if spec.storage == "int4" else ml_dtypes.uint4)
+        return np.full(shape, value, dtype=ml_dtypes.int4 if st == "int4" else ml_dtypes.uint4)
     return np.full(shape, value, dtype=np.int8 if spec.signed else np.uint8)
 
 
@@ -68,13 +69,14 @@ def activation_qparams(spec: QSpec, lo: float, hi: float) -> QParams:
         return QParams(scale, _zero(spec, ()), -448, 448, spec)
     narrow = bool(spec.narrow) if spec.narrow is not None else False
     qmin, qmax = spec.grid(narrow)
+    st = spec.act_storage
     if spec.symmetric:
         amax = max(abs(lo), abs(hi))
         top = qmax if spec.signed else qmax
         scale = np.asarray(max(amax / top, SCALE_FLOOR), np.float32)
-        return QParams(scale, _zero(spec, ()), qmin, qmax, spec)
+        return QParams(scale, _zero(spec, (), storage=st), qmin, qmax, spec)
     scale, zp = affine_params(np.asarray(lo), np.asarray(hi), qmin, qmax)
-    return QParams(np.asarray(scale, np.float32), _zero(spec, (), int(zp)), qmin, qmax, spec)
+    return QParams(np.asarray(scale, np.float32), _zero(spec, (), int(zp), storage=st), qmin, qmax, spec)
 
 
 def weight_qparams(W: np.ndarray, spec: QSpec, axis: int | None) -> QParams:
@@ -309,11 +311,12 @@ class Emitter:
 
 
 def _np_storage(spec: QSpec):
-    if spec.fp8:
-        import ml_dtypes
+    """The QuantizeLinear output type of an activation (int4/uint4 for 4-bit activations)."""
+    import ml_dtypes
 
+    if spec.fp8:
         return ml_dtypes.float8_e4m3fn
-    return np.int8 if spec.signed else np.uint8
+    return {"int4": ml_dtypes.int4, "uint4": ml_dtypes.uint4, "uint8": np.uint8}.get(spec.act_storage, np.int8)
 
 
 def act_point_for(plan: Plan, tensor: str) -> ActPoint | None:

@@ -188,6 +188,10 @@ class _Linter:
         elif zp_t not in TRT_TYPES:
             self.err("L3", q.name, f"QuantizeLinear to {zp_t}: TensorRT only quantizes to int8, fp8 (e4m3fn) or int4",
                      "use a symmetric int8 zero point (0)")
+        elif zp_t == "int4" and const_value(q.inputs[0]) is None:
+            self.err("L3", q.name, "QuantizeLinear of an activation to int4: TensorRT runs int4 weights only "
+                                   "(weight-only, blocked); activations are int8 or fp8",
+                     "use 8-bit activations for TensorRT (4-bit activations run in onnxruntime)")
         self._zero_point_zero(q)
         s = self._scale_checks(q)
         data = q.inputs[0]

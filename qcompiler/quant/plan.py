@@ -250,10 +250,11 @@ class _Planner:
             return
         if spec.fp8 and not spec.symmetric:
             raise RecipeError(f"fp8 activations are symmetric ({consumer.name})")
-        if not spec.fp8 and spec.width != 8:
+        if not spec.fp8 and spec.width not in (8, 4):
             raise RecipeError(
-                f"activation dtype {spec.dtype} for {consumer.name}: ONNX QuantizeLinear saturates to the 8-bit "
-                "range, so activations must be s8, u8 or fp8e4m3", hint="use lower bit widths for weights only")
+                f"activation dtype {spec.dtype} for {consumer.name}: QuantizeLinear saturates to its storage type, "
+                "so activations are s8, u8, fp8e4m3, or s4/u4 (int4 storage, opset 21; TensorRT runs only the "
+                "8-bit ones)", hint="use other bit widths for weights only")
         key = (consumer.name, index)
         if key in self.edges:
             return

@@ -101,6 +101,14 @@ class QSpec:
             return "int4" if self.signed else "uint4"
         return "int8" if self.signed else "uint8"
 
+    @property
+    def act_storage(self) -> str:
+        """The storage of an activation quantized with this spec: int4/uint4 (opset 21, saturating) for 4-bit
+        activations, else as :attr:`storage`."""
+        if not self.fp8 and self.bits <= 4:
+            return "int4" if self.signed else "uint4"
+        return self.storage
+
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.observer_options).get(key, default)
 
