@@ -151,6 +151,30 @@ def _zoo_defaults(out: list[str], res: dict, rows: list[dict]) -> None:
               "random-weight architectures); calibration on 128 (digits) or 32 samples.")
 
 
+def _rounding(out: list[str], res: dict, rows: list[dict]) -> None:
+    table(out, "Weight rounding: logits SQNR vs FP32 on held-out data, top-1 on the digits test split", [
+        ("model", col("model")), ("bits", col("bits")), ("method", col("method")), ("SQNR dB", col("sqnr_db", 1)),
+        ("top-1", col("top1")), ("wall s", col("wall_s")), ("peak RSS MiB", col("peak_rss_mib", 0))], rows, keys=3,
+        intro="W4A8 rows start from the same round-to-nearest file; AdaRound and LSQ times are the fine-tuning alone "
+              "(qcompiler finetune), GPTQ's the whole compile.")
+
+
+def _weight_only(out: list[str], res: dict, rows: list[dict]) -> None:
+    def sq(r):
+        d = r.get("sqnr_db")
+        if isinstance(d, dict):
+            return ", ".join(f"{k} {v:.1f}" for k, v in d.items())
+        return fmt(d, 1) if d is not None else "-"
+
+    table(out, "Blocked int4 weight-only (MatMul/Gemm; activations float)", [
+        ("model", col("model")), ("tool", col("tool")), ("method", col("method")), ("output SQNR dB", sq),
+        ("metric", lambda r: fmt(r.get("metric", r.get("top1")), 4)), ("MiB (FP32)", lambda r: (
+            f"{fmt(r.get('mib'), 3)} ({fmt(r.get('fp32_mib'), 3)})" if r.get("mib") is not None else "-")),
+        ("lint errors", col("lint_errors")), ("wall s", col("wall_s"))], rows, keys=3,
+        intro="metric: top-1 on the digits test split (transformer), embedding cosine to FP32 (encoder).  "
+              "onnxruntime's MatMulNBits is a contrib operator (onnxruntime only; lint-trt cannot read it).")
+
+
 def _cle(out: list[str], res: dict, data: dict) -> None:
     out += ["### Cross-layer equalization", ""]
     for entry in data["layers"]:
@@ -196,7 +220,7 @@ TABLES: dict[str, tuple[str, list[tuple[str, Cell]], int]] = {
 CUSTOM: dict[str, Callable[[list[str], dict, Any], None]] = {
     "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle,
     "calib-memory": _calib_memory, "hard": _hard,
-    "zoo-defaults": _zoo_defaults}
+    "zoo-defaults": _zoo_defaults, "rounding": _rounding, "weight-only": _weight_only}
 
 
 def render(res: dict) -> str:

@@ -277,6 +277,136 @@ class Bench:
                              **self._hard_eval(m, src, out, r)})
         self.results["sections"]["hard"] = rows
 
+    @section("rounding")
+    def rounding(self) -> None:
+        """Issue #14: weight rounding at W4A8 (per-channel 4-bit weights, 8-bit activations): round-to-nearest,
+        GPTQ (one pass, sequential), AdaRound, LSQ; wall time and peak RSS of each step; and W4A4 per-tensor with
+        PTQ, AdaRound and QAT on the digits zoo."""
+        import tempfile
+
+        from qcompiler.zoo import zoo
+
+        w4 = Path(tempfile.mkdtemp()) / "w4.yaml"
+        w4.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
+        w4a4 = w4.with_name("w4a4.yaml")
+        w4a4.write_text("global:\n  weight: {dtype: s4, qscheme: per_tensor_symmetric}\n"
+                        "  activation: {dtype: s4, qscheme: per_tensor_symmetric}\n")
+        names = self.args.models or (["resnet", "transformer"] if self.args.quick else
+                                     ["resnet", "mobilenetv2", "transformer", "text-cls"])
+        rows = []
+        for name in names:
+            trained = zoo.get(name).trained
+            src = str(self.zoo.onnx_path(name))
+            calib = self.calib(name, 128 if trained else 32)
+            evn = self.eval_npz(name, 16)
+            rtn = str(self.work / f"rd-{name}-rtn.onnx")
+            base = {"model": name, "bits": "W4A8"}
+            r = run_task({"kind": "qcompiler", "src": src, "out": rtn, "pipeline": "trt-int8{guard=off}",
+                          "calib": calib, "config": str(w4), "digits": trained, "eval_npz": evn})
+            rows.append({**base, "method": "round to nearest", **r})
+            for method, pipeline in (("GPTQ", "trt-int8{guard=off},gptq"),
+                                     ("GPTQ sequential", "trt-int8{guard=off},gptq{inputs=sequential}")):
+                log(f"[rounding] {name} {method}")
+                out = str(self.work / f"rd-{name}-{tag(pipeline)}.onnx")
+                rows.append({**base, "method": method, **run_task(
+                    {"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib,
+                     "config": str(w4), "digits": trained, "eval_npz": evn})})
+            for method in ("adaround", "lsq"):
+                log(f"[rounding] {name} {method}")
+                out = str(self.work / f"rd-{name}-{method}.onnx")
+                r = run_task({"kind": "finetune", "qdq": rtn, "src": src, "out": out, "method": method,
+                              "calib": calib})
+                if r.get("ok"):
+                    r.update(eval_model(src, out, trained, evn))
+                rows.append({**base, "method": {"adaround": "AdaRound", "lsq": "LSQ"}[method], **r})
+        if not self.args.quick:
+            for name in ("mobilenetv2", "transformer"):
+                src = str(self.zoo.onnx_path(name))
+                ptq = str(self.work / f"rd-{name}-w4a4.onnx")
+                base = {"model": name, "bits": "W4A4 per-tensor"}
+                r = run_task({"kind": "qcompiler", "src": src, "out": ptq, "pipeline": "trt-int8{guard=off smooth=off}",
+                              "calib": self.calib(name, 128), "config": str(w4a4), "digits": True})
+                rows.append({**base, "method": "PTQ", **r})
+                for method in ("adaround", "qat"):
+                    log(f"[rounding] {name} W4A4 {method}")
+                    out = str(self.work / f"rd-{name}-w4a4-{method}.onnx")
+                    task = {"kind": "finetune", "qdq": ptq, "src": src, "out": out, "method": method,
+                            "calib": self.calib(name, 1024 if method == "qat" else 128), "max_samples": 1024,
+                            "epochs": 6, "milestones": "observers=4"}
+                    r = run_task(task)
+                    if r.get("ok"):
+                        r.update(eval_model(src, out, True, None))
+                    rows.append({**base, "method": {"adaround": "AdaRound", "qat": "QAT (6 epochs)"}[method], **r})
+        self.results["sections"]["rounding"] = rows
+
+    @section("weight-only")
+    def weight_only(self) -> None:
+        """Issue #14: blocked int4 weight-only on transformer-class models: trt-int4-weights (RTN, AWQ, GPTQ)
+        beside onnxruntime's MatMulNBits quantizer (RTN, GPTQ) and ModelOpt's int4 AWQ: output SQNR, task metric,
+        size on disk, time."""
+        from qcompiler.zoo import hard
+
+        rows = []
+        models = [("transformer", None), ("encoder", hard.get("encoder"))]
+        for name, hm in models:
+            src = str(hm.onnx_path()) if hm else str(self.zoo.onnx_path(name))
+            calib = str(hm.calib_data(128)) if hm else self.calib(name, 128)
+            bs = 32 if name == "transformer" else 128  # the digits transformer's layers are 64 wide
+            for method in (["rtn", "gptq"] if self.args.quick else ["rtn", "awq", "gptq", "awq+gptq"]):
+                pipeline = f"trt-int4-weights{{method={method} block-size={bs}}}"
+                log(f"[weight-only] {name} {pipeline}")
+                out = str(self.work / f"wo-{name}-{tag(pipeline)}.onnx")
+                r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib,
+                              "eval": False})
+                rows.append({"model": name, "tool": "qcompiler", "method": method,
+                             **self._wo_eval(name, hm, src, out, r)})
+            # the others get the weights as constants at the MatMuls (the exports route them through Transpose
+            # nodes, which onnxruntime's and ModelOpt's weight-only quantizers skip)
+            folded = str(self.work / f"wo-{name}-folded.onnx")
+            if not os.path.exists(folded):
+                from qcompiler.api import compile_model
+
+                compile_model(src, folded, "tidy")
+            for method in ("rtn", "gptq"):
+                log(f"[weight-only] {name} onnxruntime MatMulNBits {method}")
+                out = str(self.work / f"wo-{name}-ort-{method}.onnx")
+                r = run_task({"kind": "ort_nbits", "src": folded, "out": out, "method": method, "calib": calib,
+                              "block_size": bs})
+                rows.append({"model": name, "tool": "ort", "method": f"MatMulNBits {method}",
+                             **self._wo_eval(name, hm, src, out, r)})
+            ok, why = modelopt_available()
+            if ok:
+                log(f"[weight-only] {name} modelopt int4 awq_clip")
+                out = str(self.work / f"wo-{name}-mo.onnx")
+                r = run_task({"kind": "hard_modelopt", "src": folded, "out": out, "method": "awq_clip",
+                              "mode": "int4", "calib": calib, "block_size": bs}, python=MODELOPT_PY)
+                rows.append({"model": name, "tool": "modelopt", "method": "int4 awq_clip",
+                             **self._wo_eval(name, hm, src, out, r)})
+            else:
+                self.results["modelopt"] = why
+        self.results["sections"]["weight-only"] = rows
+
+    def _wo_eval(self, name: str, hm, src: str, out: str, r: dict) -> dict:
+        if not r.get("ok"):
+            return r
+        try:
+            from qcompiler.quant.lint import lint_model
+
+            size = os.path.getsize(out) + (os.path.getsize(out + ".data") if os.path.exists(out + ".data") else 0)
+            r = {**r, "mib": round(size / 2 ** 20, 3), "fp32_mib": round(os.path.getsize(src) / 2 ** 20, 3)}
+            if hm is not None:
+                ev = hm.evaluate(src, out)
+                r.update(metric=ev["metric"], sqnr_db=ev["sqnr_db"])
+            else:
+                r.update(eval_model(src, out, True, None))
+            try:
+                r["lint_errors"] = lint_model(out).n_errors
+            except Exception:  # noqa: BLE001 - contrib ops (MatMulNBits) are not ONNX standard
+                r["lint_errors"] = None
+        except Exception as exc:
+            r = {**r, "ok": False, "error": f"evaluating the output failed: {type(exc).__name__}: {exc}"}
+        return r
+
     @section("zoo-defaults")
     def zoo_defaults(self) -> None:
         """Issue #16's no-regression check: every zoo model with today's defaults (smoothing of outlier channels,

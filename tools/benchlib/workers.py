@@ -207,6 +207,12 @@ class FeedReader:
     def rewind(self):
         self.i = 0
 
+    def __iter__(self):  # onnxruntime's GPTQ weight-only quantizer iterates the reader
+        return iter(self.feeds)
+
+    def __len__(self):
+        return len(self.feeds)
+
 
 def w_hard_ort(task: dict) -> dict:
     """onnxruntime.quantization.quantize_static on a hard model (every input fed), TensorRT-style QDQ."""
@@ -233,16 +239,48 @@ def w_hard_modelopt(task: dict) -> dict:
     else:
         data = dict(np.load(calib))
     t0 = time.perf_counter()
+    extra = {"block_size": task["block_size"]} if task.get("block_size") else {}
     moq.quantize(onnx_path=task["src"], quantize_mode=task.get("mode", "int8"), calibration_data=data,
                  calibration_method=task["method"], output_path=task["out"], high_precision_dtype="fp32",
-                 calibration_eps=["cpu"])
+                 calibration_eps=["cpu"], **extra)
+    return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def w_finetune(task: dict) -> dict:
+    """qcompiler finetune on a quantized file (wall time and peak RSS of the fine-tuning alone)."""
+    from qcompiler.bridge.finetune import finetune_model
+
+    t0 = time.perf_counter()
+    finetune_model(task["qdq"], task["src"], task["out"], method=task["method"], calib_data=task["calib"],
+                   epochs=task.get("epochs", 5), milestones=task.get("milestones"),
+                   max_samples=task.get("max_samples", 256), progress=False)
+    return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
+def w_ort_nbits(task: dict) -> dict:
+    """onnxruntime's weight-only quantizer (MatMulNBits, RTN or GPTQ)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (GPTQWeightOnlyQuantConfig, MatMulNBitsQuantizer,
+                                                                RTNWeightOnlyQuantConfig)
+
+    t0 = time.perf_counter()
+    if task["method"] == "gptq":
+        algo = GPTQWeightOnlyQuantConfig(calibration_data_reader=FeedReader(task["calib"]),
+                                         block_size=task["block_size"])
+    else:
+        algo = RTNWeightOnlyQuantConfig()
+    q = MatMulNBitsQuantizer(onnx.load(task["src"]), bits=4, block_size=task["block_size"], is_symmetric=True,
+                             algo_config=algo)
+    q.process()
+    q.model.save_model_to_file(task["out"], False)
     return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
 WORKERS = {"qcompiler": w_qcompiler, "ort": w_ort, "ort_calib": w_ort_calib, "qc_calib": w_qc_calib,
            "qc_calib_mem": w_qc_calib_mem,
            "latency": w_latency, "compile_only": w_compile_only, "modelopt": w_modelopt,
-           "hard_ort": w_hard_ort, "hard_modelopt": w_hard_modelopt}
+           "hard_ort": w_hard_ort, "hard_modelopt": w_hard_modelopt, "finetune": w_finetune,
+           "ort_nbits": w_ort_nbits}
 
 
 def worker_main(spec: str) -> None:
@@ -256,7 +294,7 @@ def worker_main(spec: str) -> None:
 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         out = {"ok": False, "error": f"{type(exc).__name__}: {first}", "trace": traceback.format_exc()[-2000:]}
-    print("@@RESULT@@" + json.dumps(out))
+    print("\n@@RESULT@@" + json.dumps(out))  # on its own line even after a progress bar without a newline
 
 
 def register(kind: str):
@@ -279,8 +317,8 @@ def run_task(task: dict, python: str | None = None, timeout: int = 3600) -> dict
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout} s"}
     for line in r.stdout.splitlines():
-        if line.startswith("@@RESULT@@"):
-            return json.loads(line[len("@@RESULT@@"):])
+        if "@@RESULT@@" in line:
+            return json.loads(line.split("@@RESULT@@", 1)[1])
     return {"ok": False, "error": f"worker exited {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}"}
 
 
