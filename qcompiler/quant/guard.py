@@ -43,7 +43,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..diagnostics import DiagnosticEngine
+from ..diagnostics import CalibrationError, DiagnosticEngine
 from ..ir.edit import Namer, replace_all_uses
 from ..ir.io import copy_graph, iter_graphs
 from ..ir.layers import LayerGeometry, LayerKind
@@ -392,6 +392,14 @@ def _reference_run(reference: gs.Graph, feeds, threads: int | None, with_shapes:
         sess = Session(reference, opt_level="all", threads=threads)  # float: onnxruntime may fuse freely
         try:
             return _run(sess, feeds), {}
+        except CalibrationError:
+            raise
+        except Exception as exc:
+            # calibration runs only what its statistics need; this is the first run of the whole model
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CalibrationError(f"the FP32 model does not run on the calibration data: {msg}", code="QC406",
+                                   hint="check the model with onnxruntime on these inputs; the output guard "
+                                        "compares the model's outputs, so the whole model must run") from None
         finally:
             sess.close()
     g = copy_graph(reference)

@@ -148,3 +148,24 @@ def test_hard_models_recover_from_a_bad_calibrator(name, tmp_path):
     assert rep.float_macs_fraction <= 0.02 and rep.worst_after > rep.worst_before + 5
     assert m.evaluate(src, on)["metric"] > m.evaluate(src, off)["metric"]
     assert lint_model(on).n_errors == 0
+
+
+def test_a_model_that_does_not_run_on_the_data_is_an_input_error(tmp_path):
+    """Calibration runs only the part of the model its statistics need, so a model whose last node breaks on the
+    data (a Reshape that holds only for some batch sizes) first fails in the guard's FP32 run: that is the
+    model's problem (QC406, exit 1), not a bug in the pass."""
+    from qcompiler.diagnostics import CalibrationError
+
+    b = G(seed=1)
+    x = b.input("x", ["N", 32])
+    h = b.gemm(b.relu(b.gemm(x, 32, 32)), 32, 16)
+    y = b.node("Reshape", [h, b.init(np.array([3, -1], np.int64), name="bad")], name="broken")
+    b.output(y)
+    src = tmp_path / "m.onnx"
+    onnx.save(b.model(), src)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32))
+    with pytest.raises(CalibrationError) as e:
+        _compile(src, tmp_path / "q.onnx", "trt-int8", calib)
+    assert e.value.code == "QC406" and "'broken'" in str(e.value) and "does not run" in str(e.value)
+    assert not (tmp_path / "q.onnx").exists()
