@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from qcompiler.calib.collect import shard_plan
 from qcompiler.calib.data import CalibData
 from qcompiler.diagnostics import CalibrationError, QCompilerError
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.io import copy_graph
+from qcompiler.ir.io import copy_graph, serialize_for_runtime
 from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
 from qcompiler.ir.query import const_value, is_graph_output, produced_by, producer
 from qcompiler.ir.runtime import Session
@@ -48,30 +50,66 @@ from ._layers import input_response
 
 
 
-def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: CalibData, ctx,
-                  opt_level: str) -> dict[str, np.ndarray]:
-    """Per-channel means of ``tensors`` over the data, streamed (one pass, only what they need runs)."""
+def _batch_sums(graph: gs.Graph, tensors: list[tuple[str, str]], data: CalibData, opt_level: str,
+                threads: int | None, diagnostics=None) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:
+    """Per batch: the per-channel sums of ``tensors`` (name, layer op) and the element counts behind them."""
     g = copy_graph(graph)
     ts = g.tensors()
     g.outputs = [ts[name] for name, _ in tensors]
     g.cleanup(remove_unused_graph_inputs=False)
-    sess = Session(g, opt_level=opt_level, threads=ctx.threads)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    sess = Session(g, opt_level=opt_level, threads=threads)
     try:
-        names = sess.output_names
         feeds_needed = set(sess.input_names)
-        for b in data.batches(graph, ctx.diagnostics):
-            outs = sess.run({k: v for k, v in b.feeds.items() if k in feeds_needed})
-            for (name, node), y in zip(tensors, outs):
-                ax = LayerKind(node.op).activation_channel_axis % y.ndim
+        for b in data.batches(graph, diagnostics):
+            ys = sess.run({k: v for k, v in b.feeds.items() if k in feeds_needed})
+            sums, counts = {}, {}
+            for (name, op), y in zip(tensors, ys):
+                ax = LayerKind(op).activation_channel_axis % y.ndim
                 axes = tuple(i for i in range(y.ndim) if i != ax)
-                s = y.astype(np.float64).sum(axis=axes)
-                sums[name] = s if name not in sums else sums[name] + s
-                counts[name] = counts.get(name, 0) + int(np.prod([y.shape[i] for i in axes]))
-        del names
+                sums[name] = y.astype(np.float64).sum(axis=axes)
+                counts[name] = int(np.prod([y.shape[i] for i in axes]))
+            yield sums, counts
     finally:
         sess.close()
+
+
+def _batch_sums_task(task: tuple) -> list:
+    """A Ray task: :func:`_batch_sums` over one shard, the model and data fetched from the object store."""
+    from qcompiler.executor import resolve, task_threads
+    from qcompiler.ir.io import graph_from_bytes
+
+    model, data, tensors, opt_level, start, stop = task
+    return list(_batch_sums(graph_from_bytes(resolve(model)), tensors, resolve(data).shard(start, stop),
+                            opt_level, task_threads()))
+
+
+def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: CalibData, ctx,
+                  opt_level: str) -> dict[str, np.ndarray]:
+    """Per-channel means of ``tensors`` over the data, streamed (one pass, only what they need runs).  With a
+    parallel executor the shards' per-batch sums are added here in batch order: the float64 sums (and so the
+    corrections) are the ones one process computes."""
+    named = [(name, node.op) for name, node in tensors]
+    per_batch: Iterable[tuple[dict[str, np.ndarray], dict[str, int]]] | None = None
+    ex = getattr(ctx, "executor", None)
+    if ex is not None and ex.parallel:
+        ranges, why = shard_plan(data, graph, ex.workers, exact_batches=True)
+        blob = serialize_for_runtime(graph) if ranges else None
+        if ranges and blob is not None:
+            model_ref, data_ref = ex.put(blob), ex.put(data)
+            parts = ex.map(_batch_sums_task, [(model_ref, data_ref, named, opt_level, a, b) for a, b in ranges],
+                           what="bias-correct: means", labels=[f"means of shard {k} (samples {a}-{b - 1})"
+                                                                for k, (a, b) in enumerate(ranges)])
+            per_batch = [x for part in parts for x in part]
+        else:
+            ctx.remark("QC404", f"bias-correct measures in this process: {why or 'the model is over 2 GB'}")
+    if per_batch is None:
+        per_batch = _batch_sums(graph, named, data, opt_level, ctx.threads, ctx.diagnostics)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for s_b, c_b in per_batch:
+        for name, s in s_b.items():
+            sums[name] = s if name not in sums else sums[name] + s
+            counts[name] = counts.get(name, 0) + c_b[name]
     return {k: sums[k] / counts[k] for k in sums}
 
 

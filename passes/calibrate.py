@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from qcompiler.calib import CalibrationStats, CollectOptions, ObserverConfig, cache_key, collect
+from qcompiler.calib import CalibrationStats, CollectOptions, ObserverConfig, cache_key
+from qcompiler.calib.collect import collect_sharded
 from qcompiler.calib.data import CalibData, RandomSource
 from qcompiler.calib.observers import METHODS
 from qcompiler.diagnostics import CalibrationError
@@ -137,7 +138,7 @@ class Calibrate(Pass):
                                 "cache_key), so the cache is not used")
 
         t0 = time.perf_counter()
-        stats = collect(graph, configs, data, diagnostics=ctx.diagnostics,
+        stats = collect_sharded(graph, configs, data, ctx.executor, diagnostics=ctx.diagnostics,
                         options=CollectOptions(batch_size=batch, threads=ctx.threads, opt_level="all",
                                                hist_sample=self.options.hist_sample, progress=ctx.progress_mode()),
                         timings=ctx.timings)

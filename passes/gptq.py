@@ -57,7 +57,7 @@ class GPTQ(Pass):
         rep = run_gptq(graph, ref, record, ctx.calib_data, bits=o.bits, block_size=o.block_size,
                        act_order=o.act_order, damp=o.damp, block=o.block, max_samples=o.max_samples,
                        threads=ctx.threads, progress=ctx.progress_mode(), diagnostics=ctx.diagnostics,
-                       inputs=o.inputs)
+                       inputs=o.inputs, executor=ctx.executor)
         ctx.state.put(rep)
         er = sum(a for a, _ in rep.layers.values())
         eg = sum(b for _, b in rep.layers.values())

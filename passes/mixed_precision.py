@@ -59,7 +59,8 @@ class MixedPrecision(Pass):
                                 f"{self.options.target_sqnr:g}")
             ctx.state.put(MixedPrecisionReport([], current, {}))
             return PassResult(False, {"float_layers": 0})
-        sens = layer_sensitivity(graph, ref, data, layers=layers, progress=ctx.progress_mode())
+        sens = layer_sensitivity(graph, ref, data, layers=layers, progress=ctx.progress_mode(),
+                                 executor=ctx.executor)
         order = sorted(sens, key=lambda k: sens[k])
         floated: list[str] = []
         best = graph

@@ -58,10 +58,13 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
 def make_context(*, config: Any = None, calib_data: Any = None, calib_cache: str | None = None,
                  diagnostics: DiagnosticEngine | None = None, seed: int = 0, progress: bool | None = None,
                  threads: int | None = None, allow_random_calibration: bool = False,
-                 calib_options: dict[str, Any] | None = None) -> PassContext:
+                 calib_options: dict[str, Any] | None = None, executor: Any = None) -> PassContext:
+    from .executor import make_executor
+
     ctx = PassContext(diagnostics=diagnostics if diagnostics is not None else DiagnosticEngine(), seed=seed,
                       progress=progress, threads=threads,
-                      allow_random_calibration=allow_random_calibration, calib_cache=calib_cache)
+                      allow_random_calibration=allow_random_calibration, calib_cache=calib_cache,
+                      executor=make_executor(executor))
     if config is not None:
         from .quant.recipe import load_recipe
 
@@ -93,8 +96,11 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
                   seed: int = 0, progress: bool | None = None, threads: int | None = None,
                   allow_random_calibration: bool = False, calib_options: dict[str, Any] | None = None,
                   save_recipe: bool = True, state: str | os.PathLike | None = None,
-                  registry: Registry | None = None, werror: bool = False) -> CompileResult:
+                  registry: Registry | None = None, werror: bool = False, executor: Any = None) -> CompileResult:
     """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically.
+
+    ``executor``: where independent work runs: ``"local"`` (default), ``"ray"``, ``"ray:ADDRESS"`` or an
+    :class:`~qcompiler.executor.Executor` (which the caller closes; one made here from a string is closed here).
 
     ``werror``: a warning (a pass that did nothing, a layer that fell back) fails the run and writes nothing.
 
@@ -105,7 +111,20 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     diags = diagnostics if diagnostics is not None else DiagnosticEngine()
     ctx = make_context(config=config, calib_data=calib_data, calib_cache=calib_cache, diagnostics=diags, seed=seed,
                        progress=progress, threads=threads, allow_random_calibration=allow_random_calibration,
-                       calib_options=calib_options)
+                       calib_options=calib_options, executor=executor)
+    try:
+        return _compile_in(ctx, input_path, out, spec, diags, state=state, input_shapes=input_shapes,
+                           verify_each=verify_each, dump_ir=dump_ir, timing=timing, reproducer=reproducer,
+                           external_data=external_data, save_recipe=save_recipe, registry=registry, werror=werror)
+    finally:
+        if ctx.executor is not executor:
+            ctx.executor.close()
+
+
+def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec: Any, diags: DiagnosticEngine, *,
+                state: str | os.PathLike | None, input_shapes: dict[str, list[int]] | None, verify_each: bool,
+                dump_ir: str | None, timing: bool, reproducer: str | None, external_data: str, save_recipe: bool,
+                registry: Registry | None, werror: bool) -> CompileResult:
     if state is not None:
         ctx.state, saved_facts = StateStore.load(Path(state))
         ctx.facts |= saved_facts

@@ -130,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", metavar="NAME:DIMS", default=[],
                    help="fix an input's symbolic dims, e.g. input:1x3x224x224 (repeatable)")
     p.add_argument("--dump-ir", metavar="DIR", help="write the graph after each pass to DIR/NN-pass.{onnx,txt}")
-    p.add_argument("--timing", action="store_true", help="print per-pass wall time")
+    p.add_argument("--timing", action="store_true", help="print per-pass wall time (and per-worker time)")
+    p.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
+                   help="where independent work runs: local (default), ray (a local Ray runtime), ray:auto or "
+                        "ray://host:port (a cluster); needs pip install 'qcompiler[ray]'")
     p.add_argument("--verify-each", action="store_true", help="verify the graph and each pass's modified flag")
     p.add_argument("--reproducer", metavar="DIR",
                    help="on a failure, save what replays it: the graph before the failing pass, a one-pass pipeline, "
@@ -185,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calib_args(p)
     p.add_argument("--no-sensitivity", action="store_true", help="skip the one-layer-at-a-time sensitivity scan")
     p.add_argument("--no-plots", action="store_true", help="skip matplotlib plots")
+    p.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
+                   help="where independent work runs: local (default), ray (a local Ray runtime), ray:auto or "
+                        "ray://host:port (a cluster); needs pip install 'qcompiler[ray]'")
+    p.add_argument("--timing", action="store_true", help="print per-worker time")
     _add_diag_args(p)
 
     p = _sub(sub, "finetune", "fine-tune a Q/DQ model's scales or rounding in torch and write it back")
@@ -202,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-weights", action="store_true", help="lsq: also learn the weights (QAT)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
+                   help="where independent work runs: local (default), ray (a local Ray runtime), ray:auto or "
+                        "ray://host:port (a cluster); needs pip install 'qcompiler[ray]'")
+    p.add_argument("--timing", action="store_true", help="print per-worker time")
     _add_diag_args(p)
 
     p = _sub(sub, "demo", "build a zoo model, compile it, and show what changed")
@@ -253,6 +264,23 @@ def _calib_options(args) -> dict[str, Any]:
     return opts
 
 
+def _make_executor(args):
+    from .executor import make_executor
+
+    return make_executor(getattr(args, "executor", "local"))
+
+
+def _print_timing(ex, args) -> None:
+    """``--timing``: the executor's workers, their tasks and seconds (and Ray's start-up)."""
+    if not getattr(args, "timing", False) or not ex.timing.seconds:
+        return
+    start = getattr(ex, "startup_seconds", None)
+    print(f"executor {ex.name}: {ex.workers} worker(s)" + (f", started in {start:.1f} s" if start else ""),
+          file=sys.stderr)
+    for line in ex.timing.lines():
+        print(line, file=sys.stderr)
+
+
 # --------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------
@@ -264,16 +292,20 @@ def cmd_compile(args) -> int:
 
     diags = DiagnosticEngine()
     shapes = parse_input_shapes(args.input_shape)
+    ex = _make_executor(args)
     try:
         res = compile_model(args.input, args.output, args.pipeline, config=args.config, calib_data=args.calib_data,
                             calib_cache=args.calib_cache, input_shapes=shapes, verify_each=args.verify_each,
                             dump_ir=args.dump_ir, timing=args.timing, reproducer=args.reproducer, diagnostics=diags,
                             external_data=args.external_data, seed=args.seed, progress=_progress(args),
                             threads=args.threads, allow_random_calibration=args.allow_random_calibration,
-                            calib_options=_calib_options(args), state=args.state, werror=args.Werror)
+                            calib_options=_calib_options(args), state=args.state, werror=args.Werror,
+                            executor=ex)
     except QCompilerError:
         _emit(list(diags), args)
         raise
+    finally:
+        ex.close()
     _emit(list(diags), args)
     if not args.quiet:
         print(f"wrote {res.output} ({res.pipeline})", file=sys.stderr)
@@ -286,6 +318,7 @@ def cmd_compile(args) -> int:
                   f"{100 * r.float_macs_fraction:.2f} % of MACs; -v lists them)", file=sys.stderr)
         if args.verbose or args.timing:
             print(res.result.summary(), file=sys.stderr)
+        _print_timing(ex, args)
     if args.report:
         from .report import compare_models
 
@@ -419,11 +452,16 @@ def cmd_report(args) -> int:
 
     if not args.calib_data:
         raise UsageError("`qcompiler report` needs --calib-data PATH (the data the layers are measured on)")
-    paths = write_report(args.fp32, args.qdq, args.output, calib_data=args.calib_data,
-                         calib_options=_calib_options(args), sensitivity=not args.no_sensitivity,
-                         plots=not args.no_plots)
+    ex = _make_executor(args)
+    try:
+        paths = write_report(args.fp32, args.qdq, args.output, calib_data=args.calib_data,
+                             calib_options=_calib_options(args), sensitivity=not args.no_sensitivity,
+                             plots=not args.no_plots, executor=ex)
+    finally:
+        ex.close()
     for p in paths:
         print(f"wrote {p}")
+    _print_timing(ex, args)
     return 0
 
 
@@ -433,14 +471,19 @@ def cmd_finetune(args) -> int:
     if not args.calib_data:
         raise UsageError("`qcompiler finetune` needs --calib-data PATH")
     diags = DiagnosticEngine()
+    ex = _make_executor(args) if args.method == "gptq" else args.executor
     try:
         out = finetune_model(args.qdq, args.fp32, args.output, method=args.method, calib_data=args.calib_data,
                              calib_options=_calib_options(args), iters=args.iters, lr=args.lr,
                              train_weights=args.train_weights, seed=args.seed, progress=_progress(args),
-                             diagnostics=diags, epochs=args.epochs, milestones=args.milestones)
+                             diagnostics=diags, epochs=args.epochs, milestones=args.milestones, executor=ex)
     finally:
         _emit(list(diags), args)
+        if not isinstance(ex, str):
+            ex.close()
     print(f"wrote {out}", file=sys.stderr)
+    if not isinstance(ex, str):
+        _print_timing(ex, args)
     return 0
 
 

@@ -55,14 +55,15 @@ def _sqnr(sig: float, noise: float) -> float:
 
 
 def streamed_sqnr(ref: gs.Graph, test: gs.Graph, tensors: list[str], data, *, labels: np.ndarray | None = None,
-                  ref_level: str = "all") -> dict[str, Any]:
+                  ref_level: str = "all", threads: int | None = None) -> dict[str, Any]:
     """SQNR of ``tensors`` (present in both graphs) over the data, accumulated batch by batch."""
     def exposing(g):
         h = copy_graph(g)
         ts = h.tensors()
         h.outputs = [ts[t] for t in tensors]
         h.cleanup(remove_unused_graph_inputs=False)
-        return Session(h, opt_level="basic" if any(n.op == "QuantizeLinear" for n in h.nodes) else ref_level)
+        return Session(h, opt_level="basic" if any(n.op == "QuantizeLinear" for n in h.nodes) else ref_level,
+                       threads=threads)
 
     sa, sb = exposing(ref), exposing(test)
     sig = dict.fromkeys(tensors, 0.0)
@@ -134,18 +135,50 @@ def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
 
 
 def layer_sensitivity(qdq: gs.Graph, reference: gs.Graph, data, *, layers: list[gs.Node] | None = None,
-                      progress: str = "off") -> dict[str, float]:
-    """Output SQNR with only one layer quantized, for each quantized layer."""
+                      progress: str = "off", executor: Any = None) -> dict[str, float]:
+    """Output SQNR with only one layer quantized, for each quantized layer.  With a parallel ``executor`` the
+    layers are split into groups, one task each; every evaluation is the same run as here, so the numbers (and
+    the ranking) are identical."""
     layers = layers if layers is not None else quantized_layers(qdq)
+    names = [n.name for n in layers]
+    if executor is not None and executor.parallel and len(names) > 1:
+        from .ir.io import serialize_for_runtime
+
+        q_blob, r_blob = serialize_for_runtime(qdq), serialize_for_runtime(reference)
+        if q_blob is not None and r_blob is not None:
+            q_ref, r_ref, d_ref = executor.put(q_blob), executor.put(r_blob), executor.put(data)
+            k = min(len(names), 4 * executor.workers)  # a few groups per worker: the slow layers even out
+            bounds = [len(names) * i // k for i in range(k + 1)]
+            groups = [names[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+            parts = executor.map(_sensitivity_task, [(q_ref, r_ref, d_ref, g) for g in groups], what="sensitivity",
+                                 progress=progress, labels=[f"sensitivity of layers {g[0]} .. {g[-1]}"
+                                                            for g in groups])
+            merged = {name: v for part in parts for name, v in part.items()}
+            return {name: merged[name] for name in names}
+    return _sensitivity_of(qdq, reference, data, names, progress)
+
+
+def _sensitivity_of(qdq: gs.Graph, reference: gs.Graph, data, names: list[str], progress: str = "off",
+                    threads: int | None = None) -> dict[str, float]:
     outs = [t.name for t in reference.outputs]
     res = {}
-    with Progress("sensitivity", total=len(layers), unit="layers", mode=progress) as bar:
-        for n in layers:
-            g = float_all_but(qdq, reference, {n.name})
-            r = streamed_sqnr(reference, g, outs[:1], data)
-            res[n.name] = r["sqnr"][outs[0]]
-            bar.update(1, note=f"{n.name}: {res[n.name]:.1f} dB")
+    with Progress("sensitivity", total=len(names), unit="layers", mode=progress) as bar:
+        for name in names:
+            g = float_all_but(qdq, reference, {name})
+            r = streamed_sqnr(reference, g, outs[:1], data, threads=threads)
+            res[name] = r["sqnr"][outs[0]]
+            bar.update(1, note=f"{name}: {res[name]:.1f} dB")
     return res
+
+
+def _sensitivity_task(task: tuple) -> dict[str, float]:
+    """A Ray task: the sensitivity of a group of layers, the models and data fetched from the object store."""
+    from .executor import resolve, task_threads
+    from .ir.io import graph_from_bytes
+
+    q_ref, r_ref, d_ref, names = task
+    return _sensitivity_of(graph_from_bytes(resolve(q_ref)), graph_from_bytes(resolve(r_ref)), resolve(d_ref),
+                           names, threads=task_threads())
 
 
 @dataclass
@@ -284,7 +317,7 @@ def _activation_histograms(ref: gs.Graph, qdq: gs.Graph, data, worst: list[str])
 
 
 def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any, calib_options: dict | None = None,
-                 sensitivity: bool = True, plots: bool = True) -> list[Path]:
+                 sensitivity: bool = True, plots: bool = True, executor: Any = None) -> list[Path]:
     from .bridge.finetune import reference_graph
     from .calib.data import as_data_source
     from .diagnostics import DiagnosticEngine
@@ -303,7 +336,16 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
     outs = [t.name for t in ref.outputs]
     res = streamed_sqnr(ref, qdq, tensors + outs[:1], data, labels=data.labels())
     layer_sqnr = {n.name: res["sqnr"][n.outputs[0].name] for n in layers if n.outputs[0].name in res["sqnr"]}
-    sens = layer_sensitivity(qdq, ref, data, layers=layers, progress=mode_for(None)) if sensitivity else None
+    sens = None
+    if sensitivity:
+        from .executor import make_executor
+
+        ex = make_executor(executor)
+        try:
+            sens = layer_sensitivity(qdq, ref, data, layers=layers, progress=mode_for(None), executor=ex)
+        finally:
+            if ex is not executor:
+                ex.close()
     worst = sorted(layer_sqnr, key=lambda k: layer_sqnr[k])[:3]
     hists = _activation_histograms(ref, qdq, data, worst)
     meta = get_meta(qdq).metadata_props

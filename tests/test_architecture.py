@@ -3,7 +3,7 @@
 Imports inside ``if TYPE_CHECKING:`` are annotations only and do not count.  The rules:
 
 * ``ir`` (the only package touching ONNX protos: ruff's banned-api rule enforces that part) depends on nothing
-  but diagnostics, fsutil and progress;
+  but diagnostics, fsutil, progress and executor;
 * ``pm`` (pass manager) on ``ir``; ``calib`` and ``quant`` on ``pm`` and ``ir``; ``bridge`` on those;
 * the application modules (api, cli, report, demo, ...) may use everything in qcompiler/;
 * nothing in qcompiler/ imports ``qcompiler.passes`` (passes arrive through the registry), and passes never import
@@ -16,9 +16,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = {"diagnostics", "fsutil", "progress"}
+BASE = {"diagnostics", "fsutil", "progress", "executor"}
 ALLOWED = {
-    "diagnostics": set(), "fsutil": {"diagnostics"}, "progress": set(),
+    "diagnostics": set(), "fsutil": {"diagnostics"}, "progress": set(), "executor": {"diagnostics", "progress"},
     "ir": BASE,
     "pm": BASE | {"ir"},
     "calib": BASE | {"ir", "pm"},

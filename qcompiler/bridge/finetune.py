@@ -401,8 +401,12 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
                    calib_options: dict | None = None, iters: int | None = None, lr: float | None = None,
                    train_weights: bool = False, seed: int = 0, progress: bool | None = None,
                    diagnostics: DiagnosticEngine | None = None, max_samples: int = 256, epochs: int = 5,
-                   milestones: str | dict | None = None) -> str:
-    """``qcompiler finetune``: load, train, write back, verify, save atomically."""
+                   milestones: str | dict | None = None, executor: Any = None) -> str:
+    """``qcompiler finetune``: load, train, write back, verify, save atomically.
+
+    ``executor`` (``"local"``, ``"ray"``, ``"ray:ADDRESS"`` or an Executor): GPTQ's per-layer solves run as its
+    tasks; AdaRound, LSQ and QAT train in this process (each layer's inputs depend on the layers before it), which
+    a remark says."""
 
     from ..calib.data import as_data_source
     from ..ir import load_model, save_model, verify_graph
@@ -416,11 +420,20 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
     data.check_signature(fp32)
     batches = collect_inputs(data, fp32, (calib_options or {}).get("max_samples") or max_samples, diags)
     show = mode_for(progress)
+    if executor not in (None, "local") and method != "gptq":
+        diags.remark("QC603", f"{method} trains in this process: each layer's inputs depend on the layers before "
+                              "it, so the executor is not used")
     if method == "gptq":  # numpy, no torch: the record insert-qdq would have kept is read back from the graph
+        from ..executor import make_executor
         from ..quant.gptq import record_from_graph, run_gptq
 
-        rep = run_gptq(qdq, fp32, record_from_graph(qdq), data, max_samples=min(max_samples, 128), progress=show,
-                       diagnostics=diags)
+        ex = make_executor(executor)
+        try:
+            rep = run_gptq(qdq, fp32, record_from_graph(qdq), data, max_samples=min(max_samples, 128),
+                           progress=show, diagnostics=diags, executor=ex)
+        finally:
+            if ex is not executor:
+                ex.close()
         er = sum(a for a, _ in rep.layers.values())
         eg = sum(b for _, b in rep.layers.values())
         res = FinetuneResult("gptq", len(rep.layers), rep.seconds, rep.seconds / max(len(rep.layers), 1), er, eg,

@@ -234,11 +234,18 @@ def iter_batches(data: "CalibData", graph: gs.Graph, diagnostics: DiagnosticEngi
                 continue
             yield chunk, kind
 
+    start = data.options.start
     for chunk, kind in chunks():
         where = checker.where(chunk)
         arrays, n, batch_axis = checker.check(checker.arrays(chunk), where, kind == "batch")
         first = sample
         sample += n
+        if sample <= start:
+            continue  # before this shard
+        if first < start:  # the shard starts inside this chunk
+            arrays = {k: v[start - first:] for k, v in arrays.items()}
+            n -= start - first
+            first = start
         bad = _finite(arrays, n, batch_axis)
         if bad:
             name, idx = next(iter(bad.items()))
@@ -263,7 +270,7 @@ def iter_batches(data: "CalibData", graph: gs.Graph, diagnostics: DiagnosticEngi
             if limit is not None and emitted >= limit:
                 break
             if n:
-                yield Batch(emitted, arrays, n, batch_axis, chunk.origin)
+                yield Batch(start + emitted, arrays, n, batch_axis, chunk.origin)
                 emitted += n
             continue
         if limit is not None:
@@ -278,7 +285,7 @@ def iter_batches(data: "CalibData", graph: gs.Graph, diagnostics: DiagnosticEngi
         pending.append(arrays)
         pending_n += n
         while pending_n >= want:
-            yield Batch(emitted, take(want), want, True)
+            yield Batch(start + emitted, take(want), want, True)
             emitted += want
     if pending_n:
         if fixed is not None:
@@ -287,7 +294,7 @@ def iter_batches(data: "CalibData", graph: gs.Graph, diagnostics: DiagnosticEngi
                                             f"to {fixed}")
         else:
             k = pending_n
-            yield Batch(emitted, take(k), k, True)
+            yield Batch(start + emitted, take(k), k, True)
             emitted += k
     if emitted == 0:
         raise CalibrationError(f"{source.description} holds no usable samples" +

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
@@ -331,3 +333,74 @@ def merge_stats(*shards: dict[str, TensorStats]) -> dict[str, TensorStats]:
         for name, st in shard.items():
             out[name] = st if name not in out else out[name].merge(st)
     return out
+
+
+def _collect_shard(task: tuple) -> dict[str, TensorStats]:
+    """A Ray task (or a local call): one shard of the data through its own onnxruntime session."""
+    from ..executor import resolve, task_threads
+    from ..ir.io import graph_from_bytes
+
+    model, data, requests, options, start, stop = task
+    graph = graph_from_bytes(resolve(model))
+    opts = CollectOptions(batch_size=options.batch_size, threads=options.threads or task_threads(),
+                          opt_level=options.opt_level,
+                          hist_sample=options.hist_sample, progress="off", run_budget_mib=options.run_budget_mib)
+    return collect(graph, requests, resolve(data).shard(start, stop), options=opts)
+
+
+def shard_plan(data: CalibData, graph: gs.Graph, workers: int, batch_size: int | None = None,
+               exact_batches: bool = False) -> tuple[list[tuple[int, int]] | None, str | None]:
+    """Contiguous sample ranges, one per task, that start on batch boundaries (so each shard is batched as one
+    process batches those samples), or None and why the data cannot be split.  ``exact_batches``: the caller adds
+    per-batch floating-point sums, so every batch must be the one a single process runs."""
+    from ..executor import shard_ranges
+
+    n = data.samples(graph)
+    if n is None:
+        return None, ("the data cannot say how many samples it holds without reading it (a Python iterable, a "
+                      "folder of .npz files, feeds taken as they are)")
+    if exact_batches and (data.options.skip_bad or data.options.layout == "feed"
+                          or getattr(data.source, "default_batch", 8) is None):
+        return None, "its batches depend on the files (one run per file, or skipped samples)"
+    fixed = next((int(t.shape[0]) for t in graph.inputs if t.shape and static_dim(t.shape[0])), None)
+    batch = fixed or batch_size or data.options.batch_size or data.source.default_batch or 8
+    n_batches = -(-n // batch)
+    return [(a * batch, min(n, b * batch)) for a, b in shard_ranges(n_batches, workers)], None
+
+
+def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibData, executor: Any, *,
+                    diagnostics: DiagnosticEngine | None = None, options: CollectOptions | None = None,
+                    timings: dict[str, float] | None = None) -> dict[str, TensorStats]:
+    """:func:`collect` over contiguous shards of the samples, one task each on ``executor``, merged in shard
+    order: min/max and histograms merge exactly, so the statistics (and the scales) are the ones one process gets.
+    Falls back to one process (with a remark) when the data cannot say how many samples it holds or an
+    observer depends on the batch order (moving_average)."""
+    from ..ir.io import serialize_for_runtime
+
+    opts = options or CollectOptions()
+    if executor is None or not executor.parallel:
+        return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings)
+    ranges, why = shard_plan(data, graph, executor.workers, opts.batch_size)
+    if why is None and any(c.method == "moving_average" for c in requests.values()):
+        why = "moving_average depends on the order of the batches"
+    blob = serialize_for_runtime(graph) if why is None else None
+    if why is None and blob is None:
+        why = "the model is over 2 GB (it would be shipped to every worker)"
+    if why is not None or ranges is None:
+        if diagnostics is not None:
+            diagnostics.remark("QC404", f"calibration runs in this process: {why}")
+        return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings)
+    data.check_signature(graph)
+    model_ref = executor.put(blob)
+    data_ref = executor.put(data)
+    t0 = time.perf_counter()
+    parts = executor.map(_collect_shard, [(model_ref, data_ref, requests, opts, a, b) for a, b in ranges],
+                         what="calibrate", progress=opts.progress,
+                         labels=[f"calibration shard {k} (samples {a}-{b - 1})" for k, (a, b) in enumerate(ranges)])
+    merged = merge_stats(*parts)
+    samples = sum(int(next(iter(p.values())).extra.get("samples", 0)) for p in parts if p)
+    for st in merged.values():
+        st.extra["samples"] = samples
+    if timings is not None:
+        timings["calibrate.run"] = timings.get("calibrate.run", 0.0) + time.perf_counter() - t0
+    return merged

@@ -31,7 +31,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
-from .batching import Batch, check_signature, iter_batches
+from .batching import Batch, check_signature, iter_batches, resolve_layout
 from .images import IMAGE_EXT
 from .sources import (LAYOUTS, ArraySource, DataSource, FolderSource, ImageFolderSource, InputSpec, IterableSource,
                       NpyFileSource, NpzSource, RandomSource, check_layout, model_inputs, static_dim)
@@ -48,6 +48,7 @@ class DataOptions:
     skip_bad: bool = False
     preprocess: str | None = None
     layout: str = "auto"
+    start: int = 0  # the first sample used (a shard of the data; max_samples counts from here)
 
 
 class CalibData:
@@ -66,12 +67,33 @@ class CalibData:
             opts = replace(opts, batch_size=batch_size)
         return CalibData(self.source, opts)
 
+    def shard(self, start: int, stop: int) -> "CalibData":
+        """Samples [start, stop) of this data (relative to its own start), batched the same way."""
+        base = self.options.start
+        return CalibData(self.source, replace(self.options, start=base + start, max_samples=stop - start))
+
+    def samples(self, graph: gs.Graph) -> int | None:
+        """How many samples the batches for ``graph`` will hold, when the source knows without reading them
+        (None otherwise: a Python iterable, a folder of .npz files, feeds taken as they are)."""
+        layout = self.options.layout
+        shapes = self.source.shapes()
+        if layout == "auto" and shapes is not None:
+            try:
+                layout = resolve_layout(shapes, {s.name: s for s in model_inputs(graph)}, self.source.description)
+            except CalibrationError:
+                return None  # the batches will say what is wrong with the data
+        n = self.source.exact_samples(layout)
+        if n is None:
+            return None
+        n = max(0, n - self.options.start)
+        return n if self.options.max_samples is None else min(n, self.options.max_samples)
+
     def fingerprint(self) -> str | None:
         fp = self.source.fingerprint()
         if fp is None:
             return None
         o = self.options
-        return hashlib.sha1(f"{fp}|{o.max_samples}|{o.skip_bad}|{o.layout}".encode()).hexdigest()
+        return hashlib.sha1(f"{fp}|{o.max_samples}|{o.skip_bad}|{o.layout}|{o.start}".encode()).hexdigest()
 
     def check_signature(self, graph: gs.Graph) -> None:
         check_signature(self, graph)

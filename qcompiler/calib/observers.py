@@ -161,10 +161,9 @@ class TensorStats:
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Combine with the stats of a later shard of the same data (exact for min/max/histograms)."""
         out = TensorStats(self.name, self.config, self.count + other.count, self.batches + other.batches)
-        if self.non_finite is not None:
-            out.non_finite = self.non_finite
-        elif other.non_finite is not None:  # sample indices of the later shard start after this one's
-            out.non_finite = other.non_finite + int(self.extra.get("samples", 0))
+        marks = [v for v in (self.non_finite, other.non_finite) if v is not None]
+        if marks:  # sample indices are absolute (a shard's batches number their samples from its start)
+            out.non_finite = min(marks)
         for key, fn in (("min", np.minimum), ("max", np.maximum)):
             a, b = getattr(self, key), getattr(other, key)
             setattr(out, key, b if a is None else a if b is None else fn(a, b))

@@ -115,6 +115,11 @@ class DataSource:
         """About how many samples (or feeds) there are, for progress displays (None: unknown)."""
         return None
 
+    def exact_samples(self, layout: str) -> int | None:
+        """How many samples the batches hold in ``layout`` (resolved, not auto), known without reading the data
+        (None: only a read would tell).  Sharding (qcompiler/executor.py) needs it exact."""
+        return None
+
     def location(self) -> str | None:
         """The file or folder the data is read from (None for in-memory data)."""
         return None
@@ -159,6 +164,9 @@ class NpzSource(FileSource):
     def size_hint(self) -> int | None:
         rows = [a.rows_total for k, a in self.arrays.items() if k not in LABEL_KEYS]
         return min(rows) if rows else None
+
+    def exact_samples(self, layout: str) -> int | None:
+        return self.size_hint() if layout == "batch" else None
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         keys = [k for k in self.arrays if k not in LABEL_KEYS]
@@ -241,6 +249,9 @@ class NpyFileSource(FileSource):
     def size_hint(self) -> int | None:
         return self.array.rows_total
 
+    def exact_samples(self, layout: str) -> int | None:
+        return self.size_hint()  # always read as a batch
+
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         for block in self.array.iter_rows(rows):
             yield Chunk({}, str(self.path), unnamed=block, layout="batch")
@@ -265,6 +276,9 @@ class ImageFolderSource(FileSource):
         if len(graph.inputs) != 1:
             raise CalibrationError("image folders can only feed single-input models", code="QC402",
                                    hint="write an .npz keyed by input name instead")
+
+    def exact_samples(self, layout: str) -> int | None:
+        return len(self.files)  # one image, one sample
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         for f in self.files:
@@ -346,6 +360,9 @@ class ArraySource(DataSource):
     def size_hint(self) -> int | None:
         rows = [len(v) for k, v in self.arrays.items() if k not in LABEL_KEYS and v.ndim]
         return min(rows) if rows else None
+
+    def exact_samples(self, layout: str) -> int | None:
+        return self.size_hint() if layout == "batch" else None
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         keys = [k for k in self.arrays if k not in LABEL_KEYS]

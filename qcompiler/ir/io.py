@@ -754,6 +754,11 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
     return out
 
 
+def graph_from_bytes(blob: bytes, *, normalize: bool = False) -> gs.Graph:
+    """A graph from a serialized model (what :func:`serialize_for_runtime` wrote: weights inline)."""
+    return import_model(onnx.load_from_string(blob), normalize=normalize)
+
+
 def serialize_for_runtime(graph: gs.Graph) -> bytes | None:
     """Serialized model with all weights inline, or None when it would exceed the protobuf limit."""
     model = export_model(graph)

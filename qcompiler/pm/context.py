@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..diagnostics import Diagnostic, DiagnosticEngine
+from ..executor import Executor, LocalExecutor
 from .state import StateStore
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only: pm never imports calibration or quantization code
@@ -38,6 +39,8 @@ class PassContext:
     threads: int | None = None
     allow_random_calibration: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    #: where independent work runs (this process, or Ray tasks: qcompiler/executor.py)
+    executor: Executor = field(default_factory=LocalExecutor)
     #: name of the pass being run (filled in by the manager for diagnostics)
     current_pass: str | None = None
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -307,21 +307,21 @@ def _objective(W: np.ndarray, Q: np.ndarray, H: np.ndarray) -> float:
     return float(np.einsum("ik,kl,il->", D, H, D)) / 2.0
 
 
-def _round_layer(it: dict, names: Namer, record: QuantizationRecord, report: dict, state: dict, *, block: int,
-                 damp: float, act_order: bool, asym: bool) -> None:
-    """GPTQ one layer and write its integers (and a new grid when asked) into its DequantizeLinear."""
-    geo, qp, W = it["geo"], it["qp"], it["W"].astype(np.float64)
-    if asym and it.get("C") is not None:
+def _solve_layer(task: tuple) -> tuple[np.ndarray, QParams, float, float, bool]:
+    """GPTQ one layer (pure: a Ray task or a local call): its rounded weight, grid, objectives (round-to-nearest,
+    GPTQ) and whether the grid is new."""
+    W, geo, qp, spec, Hs, Cs, new_grid, asym, block, damp, act_order = task
+    W = W.astype(np.float64)
+    if asym and Cs is not None:
         # the weight that maps the quantized input to the FP32 output, on a grid sized for it
-        W = from_matrix([asymmetric_target(wm, H, C, damp) for wm, H, C in
-                         zip(matrix_view(W, geo), it["H"], it["C"])], geo)
-        qp = weight_qparams(W, it["spec"], qp.axis)
-        it["new_grid"] = True
+        W = from_matrix([asymmetric_target(wm, H, C, damp) for wm, H, C in zip(matrix_view(W, geo), Hs, Cs)], geo)
+        qp = weight_qparams(W, spec, qp.axis)
+        new_grid = True
     s_full, z_full = expand_scale(qp, W.shape)
     s_mats = matrix_view(np.broadcast_to(s_full, W.shape).astype(np.float64), geo)
     z_mats = matrix_view(np.broadcast_to(z_full, W.shape).astype(np.float64), geo)
     out_mats, e_rtn, e_gptq = [], 0.0, 0.0
-    for wm, sm, zm, H in zip(matrix_view(W, geo), s_mats, z_mats, it["H"]):
+    for wm, sm, zm, H in zip(matrix_view(W, geo), s_mats, z_mats, Hs):
         quant = grid_quantizer(sm, zm, qp.qmin, qp.qmax)
         qr = rtn(wm, quant)
         qg = gptq(wm, H, quant, block=block, damp=damp, act_order=act_order)
@@ -329,11 +329,22 @@ def _round_layer(it: dict, names: Namer, record: QuantizationRecord, report: dic
         out_mats.append(qg if eg < er else qr)  # never worse than round-to-nearest on the objective
         e_rtn += er
         e_gptq += min(eg, er)
-    Wq = from_matrix(out_mats, geo)
+    return from_matrix(out_mats, geo), qp, e_rtn, e_gptq, new_grid
+
+
+def _solve_task(it: dict, *, block: int, damp: float, act_order: bool, asym: bool) -> tuple:
+    return (it["W"], it["geo"], it["qp"], it["spec"], it["H"], it.get("C"), it["new_grid"], asym, block, damp,
+            act_order)
+
+
+def _write_layer(it: dict, solved: tuple, names: Namer, record: QuantizationRecord, report: dict,
+                 state: dict) -> None:
+    """Write a solved layer's integers (and its new grid) into its DequantizeLinear."""
+    Wq, qp, e_rtn, e_gptq, new_grid = solved
     ints = quantize_weight(Wq, qp)
     dq: gs.Node = it["dq"]
     dq.inputs[0] = gs.Constant(names(it["node"].name + "_w_gptq"), ints)
-    if it["new_grid"]:
+    if new_grid:
         dq.inputs[1] = gs.Constant(names(it["node"].name + "_w_scale"), np.asarray(qp.scale))
         dq.inputs[2] = gs.Constant(names(it["node"].name + "_w_zero_point"), np.asarray(qp.zero_point))
         dq.attrs.pop("block_size", None)
@@ -350,8 +361,9 @@ def _round_layer(it: dict, names: Namer, record: QuantizationRecord, report: dic
 def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, data, *, bits: int = 0,
              block_size: int = 0, act_order: bool = True, damp: float = 0.01, block: int = 128,
              max_samples: int = 128, threads: int | None = None, progress: str = "off",
-             diagnostics=None, inputs: str = "quantized") -> GPTQReport:
-    """Re-round the weights of ``qdq`` in place (see the module docstring)."""
+             diagnostics=None, inputs: str = "quantized", executor: Any = None) -> GPTQReport:
+    """Re-round the weights of ``qdq`` in place (see the module docstring).  With a parallel ``executor`` the
+    layers' solves run as tasks (the same numpy code, so the same integers)."""
     t0 = time.perf_counter()
     ref_nodes = {n.name: n for n in reference.nodes}
     nodes = {n.name: n for n in qdq.nodes}
@@ -403,18 +415,34 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
                       mode=progress) as bar:
             collect_hessians(reference, items, data, max_samples=max_samples, threads=threads, progress=bar,
                              quantized=qdq if inputs == "quantized" else None)
-    with Progress("gptq", total=len(items), unit="layers", mode=progress, interval=0.0) as bar:
-        for it in items:
-            if inputs == "sequential":  # this layer's inputs with every layer before it already re-rounded
-                gather([it])
-            _round_layer(it, names, record, report, state, block=block, damp=damp, act_order=act_order,
-                         asym=inputs == "sequential")
-            if diagnostics is not None:
-                er, eg = report[it["node"].name]
-                diagnostics.remark("QC603", f"gptq {it['node'].name}: objective {er:.4g} (round-to-nearest) -> "
-                                            f"{eg:.4g}", node=it["node"].name, pass_name="gptq")
-            bar.update(1, note=f"{it['node'].name}: {report[it['node'].name][0]:.3g} -> "
-                               f"{report[it['node'].name][1]:.3g}")
+    kw: dict[str, Any] = {"block": block, "damp": damp, "act_order": act_order, "asym": inputs == "sequential"}
+
+    def done(it: dict) -> None:
+        er, eg = report[it["node"].name]
+        if diagnostics is not None:
+            diagnostics.remark("QC603", f"gptq {it['node'].name}: objective {er:.4g} (round-to-nearest) -> "
+                                        f"{eg:.4g}", node=it["node"].name, pass_name="gptq")
+
+    if executor is not None and executor.parallel and inputs != "sequential" and len(items) > 1:
+        # the layers' solves are independent once the Hessians are in: one task each, written back in order
+        solved = executor.map(_solve_layer, [_solve_task(it, **kw) for it in items], what="gptq",
+                              progress=progress, labels=[f"gptq of layer {it['node'].name}" for it in items])
+        for it, sol in zip(items, solved):
+            _write_layer(it, sol, names, record, report, state)
+            done(it)
+    else:
+        if executor is not None and executor.parallel and diagnostics is not None:
+            diagnostics.remark("QC603", "gptq inputs=sequential solves the layers in this process, one after "
+                                        "another (each layer's inputs depend on the layers before it)",
+                               pass_name="gptq")
+        with Progress("gptq", total=len(items), unit="layers", mode=progress, interval=0.0) as bar:
+            for it in items:
+                if inputs == "sequential":  # this layer's inputs with every layer before it already re-rounded
+                    gather([it])
+                _write_layer(it, _solve_layer(_solve_task(it, **kw)), names, record, report, state)
+                done(it)
+                bar.update(1, note=f"{it['node'].name}: {report[it['node'].name][0]:.3g} -> "
+                                   f"{report[it['node'].name][1]:.3g}")
     need_opset = state["need_opset"]
     if need_opset and int(qdq.opset or 1) < need_opset:
         from ..ir.opset import upgrade_opset

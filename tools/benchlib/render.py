@@ -216,11 +216,21 @@ TABLES: dict[str, tuple[str, list[tuple[str, Cell]], int]] = {
         ("median ms", col("median_ms", 3))], 3),
 }
 
+def _executor(out: list[str], res: dict, rows: list[dict]) -> None:
+    table(out, "Executor: one process vs Ray workers (2-core machine)", [
+        ("work", col("work")), ("executor", col("executor")), ("wall s", col("wall_s")),
+        ("speedup", col("speedup")), ("Ray start-up s", col("startup_s")), ("tasks", col("tasks")),
+        ("driver peak RSS MiB", col("driver_rss_mib", 0)), ("worker peak RSS MiB (max)", col("worker_rss_mib", 0)),
+        ("result identical", col("same"))], rows, keys=2,
+        intro="Wall time of the work alone (Ray's start-up apart); each row in a fresh process; 'identical' "
+              "compares a digest of every calibrated range or every layer's sensitivity with the one-process run.")
+
+
 #: sections rendered by a function of their own
 CUSTOM: dict[str, Callable[[list[str], dict, Any], None]] = {
     "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle,
     "calib-memory": _calib_memory, "hard": _hard,
-    "zoo-defaults": _zoo_defaults, "rounding": _rounding, "weight-only": _weight_only}
+    "zoo-defaults": _zoo_defaults, "executor": _executor, "rounding": _rounding, "weight-only": _weight_only}
 
 
 def render(res: dict) -> str:

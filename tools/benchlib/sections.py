@@ -512,6 +512,42 @@ class Bench:
             os.replace(str(out) + ".tmp.npz", out)
         return str(out)
 
+    @section("executor")
+    def executor(self) -> None:
+        """1 vs 2 Ray workers against one process: calibration of the ResNet-50 architecture (512 samples, entropy)
+        and the one-layer-at-a-time sensitivity scan of MobileNetV2 (16 samples); each run in its own process."""
+        from qcompiler.api import compile_model
+
+        rows = []
+        n = 64 if self.args.quick else 512
+        src = self.work / "resnet50-bnfold.onnx"
+        if not src.exists():
+            compile_model(str(self.zoo.onnx_path("resnet50")), str(src), "cleanup,fold-constants,fold-bn,cleanup")
+        calib = self.calib("resnet50", n)
+        name = "mobilenetv2-full"
+        qdq = self.work / f"{name}-sens.onnx"
+        scal = self.calib(name, 8 if self.args.quick else 16)
+        if not qdq.exists():
+            compile_model(str(self.zoo.onnx_path(name)), str(qdq), "trt-int8{guard=off smooth=off}",
+                          calib_data=scal)
+        for what, task in (("calibration: ResNet-50, %d samples" % n,
+                            {"what": "calib", "src": str(src), "calib": calib, "method": "entropy"}),
+                           ("sensitivity scan: MobileNetV2", {"what": "sensitivity", "src": str(self.zoo.onnx_path(
+                               name)), "qdq": str(qdq), "calib": scal})):
+            base = None
+            for ex, cpus in (("local", 0), ("ray", 1), ("ray", 2)):
+                log(f"[executor] {what} {ex} {cpus or ''}")
+                r = run_task({"kind": "executor", "executor": ex, "cpus": cpus, **task})
+                label = "one process" if ex == "local" else f"Ray, {cpus} worker{'s' if cpus > 1 else ''}"
+                row = {"work": what, "executor": label, **r}
+                if ex == "local":
+                    base = r
+                elif base and base.get("ok") and r.get("ok"):
+                    row["speedup"] = round(base["wall_s"] / r["wall_s"], 2)
+                    row["same"] = "yes" if r["digest"] == base["digest"] else "**no**"
+                rows.append(row)
+        self.results["sections"]["executor"] = rows
+
     @section("compile")
     def compile_time(self) -> None:
         from tools_graphs import deep_resnet  # tools/ is on sys.path

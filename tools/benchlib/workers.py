@@ -257,6 +257,54 @@ def w_finetune(task: dict) -> dict:
     return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
 
 
+def w_executor(task: dict) -> dict:
+    """Calibration or the sensitivity scan on an executor (``local`` or Ray with ``cpus`` workers): wall time of
+    the work alone (Ray's start-up measured apart), the driver's and each worker's peak RSS, and a digest of the
+    result (the same digest for every executor means the same statistics / sensitivities)."""
+    import hashlib
+
+    from qcompiler.api import make_context
+    from qcompiler.calib import CalibrationStats
+    from qcompiler.executor import LocalExecutor, RayExecutor
+    from qcompiler.ir import load_model
+    from qcompiler.pm import run_pipeline
+
+    t0 = time.perf_counter()
+    ex = LocalExecutor() if task["executor"] == "local" else RayExecutor(num_cpus=task["cpus"])
+    startup = time.perf_counter() - t0
+    h = hashlib.sha256()
+    try:
+        if task["what"] == "calib":
+            g = load_model(task["src"])
+            ctx = make_context(calib_data=task["calib"], progress=False, executor=ex)
+            t0 = time.perf_counter()
+            run_pipeline(g, f"calibrate{{method={task['method']}}}", ctx)
+            wall = time.perf_counter() - t0
+            for name, st in sorted(ctx.state.require(CalibrationStats, "bench").tensors.items()):
+                h.update(name.encode() + np.asarray(st.range, np.float64).tobytes())
+        else:
+            from qcompiler.bridge.finetune import reference_graph
+            from qcompiler.calib.data import as_data_source
+            from qcompiler.diagnostics import DiagnosticEngine
+            from qcompiler.report import layer_sensitivity
+
+            qdq = load_model(task["qdq"])
+            ref = reference_graph(load_model(task["src"]), qdq, DiagnosticEngine())
+            data = as_data_source(task["calib"])
+            t0 = time.perf_counter()
+            sens = layer_sensitivity(qdq, ref, data, executor=ex)
+            wall = time.perf_counter() - t0
+            for name in sorted(sens, key=lambda k: (sens[k], k)):
+                h.update(name.encode() + np.float64(sens[name]).tobytes())
+        workers = {w: round(v, 1) for w, v in ex.timing.peak_rss_mib.items()}
+        return {"wall_s": round(wall, 2), "startup_s": round(startup, 2) if task["executor"] != "local" else None,
+                "driver_rss_mib": round(peak_rss_mib(), 1),
+                "worker_rss_mib": max(workers.values()) if workers else None, "workers": len(workers) or None,
+                "tasks": sum(ex.timing.tasks.values()), "digest": h.hexdigest()[:12]}
+    finally:
+        ex.close()
+
+
 def w_ort_nbits(task: dict) -> dict:
     """onnxruntime's weight-only quantizer (MatMulNBits, RTN or GPTQ)."""
     import onnx
@@ -279,7 +327,7 @@ def w_ort_nbits(task: dict) -> dict:
 WORKERS = {"qcompiler": w_qcompiler, "ort": w_ort, "ort_calib": w_ort_calib, "qc_calib": w_qc_calib,
            "qc_calib_mem": w_qc_calib_mem,
            "latency": w_latency, "compile_only": w_compile_only, "modelopt": w_modelopt,
-           "hard_ort": w_hard_ort, "hard_modelopt": w_hard_modelopt, "finetune": w_finetune,
+           "hard_ort": w_hard_ort, "hard_modelopt": w_hard_modelopt, "finetune": w_finetune, "executor": w_executor,
            "ort_nbits": w_ort_nbits}
 
 
