@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .zoo import cache_dir, cached_training
+
 IMAGE = 128
 CLASSES = ("rectangle", "ellipse", "triangle")
 REG_MAX = 16
@@ -440,8 +442,6 @@ def ground_truth_f1(out: np.ndarray, boxes: list[np.ndarray], labels: list[np.nd
 
 
 def _cache() -> Path:
-    from .zoo import cache_dir
-
     return cache_dir()
 
 
@@ -456,16 +456,7 @@ def onnx_path(seed: int = 0) -> Path:
         return path
     wpath = _cache() / f"detector-v{VERSION}-s{seed}.pt"
     torch.manual_seed(seed)
-    model = build_model()
-    if wpath.exists():
-        model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True))
-    else:
-        train(model, seed=seed)
-        fd, tmp = tempfile.mkstemp(dir=wpath.parent, suffix=".pt.tmp")
-        os.close(fd)
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, wpath)
-    model.eval()
+    model = cached_training(build_model(), wpath, lambda m: train(m, seed=seed))
     return export(model, path, (3, IMAGE, IMAGE), input_name="images", output_name="output0")
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .zoo import cache_dir, cached_training
+
 VOCAB = 120
 SEQ = 32
 HIDDEN = 128
@@ -144,8 +146,6 @@ def cosine_against(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def _cache() -> Path:
-    from .zoo import cache_dir
-
     return cache_dir()
 
 
@@ -157,16 +157,7 @@ def onnx_path(seed: int = 0) -> Path:
         return path
     wpath = _cache() / f"encoder-v{VERSION}-s{seed}.pt"
     torch.manual_seed(seed)
-    model = build_model()
-    if wpath.exists():
-        model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True))
-    else:
-        train(model, seed=seed)
-        fd, tmp = tempfile.mkstemp(dir=wpath.parent, suffix=".pt.tmp")
-        os.close(fd)
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, wpath)
-    model.eval()
+    model = cached_training(build_model(), wpath, lambda m: train(m, seed=seed))
     ids, mask, _ = dataset(2, seed=1)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)

@@ -64,7 +64,9 @@ def _detector() -> HardModel:
     from . import detector as D
 
     def evaluate(ref_path, q_path):
-        x = np.load(D.data_npz(100, split="eval"))["images"]
+        # 400 images, about 1,200 FP32 detections: one detection moves F1 by less than 0.001 (100 images moved
+        # it by 0.003, as much as the gaps between tools)
+        x = np.load(D.data_npz(400, split="eval"))["images"]
         ref = _outputs(ref_path, {"images": x})["output0"]
         got = _outputs(q_path, {"images": x})["output0"]
         return {"metric": D.f1_against(D.detections(ref), D.detections(got)),

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .zoo import cache_dir, cached_training
+
 HID = 64
 FEAT = 64
 CHUNK = {16000: 512, 8000: 256}
@@ -267,8 +269,6 @@ def stream_accuracy(model_path: str | os.PathLike, streams=None) -> float:
 
 
 def _cache() -> Path:
-    from .zoo import cache_dir
-
     return cache_dir()
 
 
@@ -281,16 +281,7 @@ def onnx_path(seed: int = 0) -> Path:
         return path
     wpath = _cache() / f"vad-if-v{VERSION}-s{seed}.pt"
     torch.manual_seed(seed)
-    model = build_model()
-    if wpath.exists():
-        model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True))
-    else:
-        train(model, seed=seed)
-        fd, tmp = tempfile.mkstemp(dir=wpath.parent, suffix=".pt.tmp")
-        os.close(fd)
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, wpath)
-    model.eval()
+    model = cached_training(build_model(), wpath, lambda m: train(m, seed=seed))
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     onnx.save(to_onnx(model), tmp)

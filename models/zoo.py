@@ -113,6 +113,23 @@ def _atomic_replace(tmp: str, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def cached_training(model, wpath: Path, train: Callable[[Any], None]):
+    """``model`` with the weights cached at ``wpath``, or trained by ``train(model)`` and cached (atomically);
+    in eval mode."""
+    import torch
+
+    if wpath.exists():
+        model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True))
+    else:
+        train(model)
+        fd, tmp = tempfile.mkstemp(dir=wpath.parent, suffix=".pt.tmp")
+        os.close(fd)
+        torch.save(model.state_dict(), tmp)
+        _atomic_replace(tmp, wpath)
+    model.eval()
+    return model
+
+
 def build(name: str, *, seed: int = 0):
     """The torch module (trained and cached if the entry is digits-trained)."""
     import torch
@@ -124,19 +141,10 @@ def build(name: str, *, seed: int = 0):
     if not entry.trained:
         _randomize_bn(model, seed)
         return model
-    wpath = cache_dir() / f"{name}-{_key(entry, seed=seed)}.pt"
-    if wpath.exists():
-        model.load_state_dict(torch.load(wpath, map_location="cpu", weights_only=True))
-        model.eval()
-        return model
     from . import digits
 
-    digits.train(model, seed=seed, **entry.train_kwargs)
-    fd, tmp = tempfile.mkstemp(dir=wpath.parent, suffix=".pt.tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    _atomic_replace(tmp, wpath)
-    return model
+    return cached_training(model, cache_dir() / f"{name}-{_key(entry, seed=seed)}.pt",
+                           lambda m: digits.train(m, seed=seed, **entry.train_kwargs))
 
 
 def _randomize_bn(model, seed: int) -> None:

@@ -31,6 +31,8 @@ def env(tmp_path, zoo):
     e = dict(os.environ)
     e["MODEL"] = str(zoo.onnx_path("resnet"))
     e["CALIB"] = str(zoo.calibration_npz("resnet", 128))
+    e["VIT"] = str(zoo.onnx_path("transformer"))  # MatMul/Gemm layers, for the weight-only example
+    e["VIT_CALIB"] = str(zoo.calibration_npz("transformer", 32))
     e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
     return e
 
