@@ -155,21 +155,25 @@ def test_without_ray_the_flag_says_how_to_install_it(monkeypatch):
         make_executor("dask")
 
 
+def _compile_cli(model, out, executor: str, hide_ray: bool = False) -> subprocess.CompletedProcess:
+    """``qcompiler compile MODEL -o OUT --pipeline fold-bn --executor EXECUTOR`` in a fresh interpreter (with
+    ``hide_ray``: one where ``import ray`` fails, as without the extra)."""
+    code = ("import sys; " + ("sys.modules['ray'] = None; " if hide_ray else "")
+            + "from qcompiler.cli import main; "
+            + f"sys.exit(main(['compile', {str(model)!r}, '-o', {str(out)!r}, '--pipeline', 'fold-bn', "
+            + f"'--executor', {executor!r}]))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 def test_cli_without_ray_exits_with_the_install_hint(tiny_model_path, tmp_path):
     out = tmp_path / "q.onnx"
-    code = ("import sys; sys.modules['ray'] = None; from qcompiler.cli import main; "
-            f"sys.exit(main(['compile', {str(tiny_model_path)!r}, '-o', {str(out)!r}, '--pipeline', 'fold-bn', "
-            "'--executor', 'ray']))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = _compile_cli(tiny_model_path, out, "ray", hide_ray=True)
     assert r.returncode != 0 and "QC130" in r.stderr and "qcompiler[ray]" in r.stderr and not out.exists()
 
 
 def test_cli_refuses_an_unknown_executor(tiny_model_path, tmp_path):
     out = tmp_path / "q.onnx"
-    code = ("import sys; from qcompiler.cli import main; "
-            f"sys.exit(main(['compile', {str(tiny_model_path)!r}, '-o', {str(out)!r}, '--pipeline', 'fold-bn', "
-            "'--executor', 'spark']))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = _compile_cli(tiny_model_path, out, "spark")
     assert r.returncode != 0 and "unknown executor 'spark'" in r.stderr and not out.exists()
 
 

@@ -45,6 +45,12 @@ class Bench:
     def calib(self, name: str, n: int) -> str:
         return str(self.zoo.calibration_npz(name, n))
 
+    def zoo_inputs(self, name: str) -> tuple[bool, str, str, str]:
+        """A zoo model's (digits-trained?, path, calibration set: 128 samples if trained else 32, 16 held-out
+        samples)."""
+        trained = self.zoo.get(name).trained
+        return trained, self.prepped(name), self.calib(name, 128 if trained else 32), self.eval_npz(name, 16)
+
     def eval_npz(self, name: str, n: int = 16) -> str:
         p = self.work / f"eval-{name}-{n}.npz"
         if not p.exists():
@@ -284,7 +290,6 @@ class Bench:
         PTQ, AdaRound and QAT on the digits zoo."""
         import tempfile
 
-        from qcompiler.zoo import zoo
 
         w4 = Path(tempfile.mkdtemp()) / "w4.yaml"
         w4.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
@@ -295,10 +300,7 @@ class Bench:
                                      ["resnet", "mobilenetv2", "transformer", "text-cls"])
         rows = []
         for name in names:
-            trained = zoo.get(name).trained
-            src = str(self.zoo.onnx_path(name))
-            calib = self.calib(name, 128 if trained else 32)
-            evn = self.eval_npz(name, 16)
+            trained, src, calib, evn = self.zoo_inputs(name)
             rtn = str(self.work / f"rd-{name}-rtn.onnx")
             base = {"model": name, "bits": "W4A8"}
             r = run_task({"kind": "qcompiler", "src": src, "out": rtn, "pipeline": "trt-int8{guard=off}",
@@ -417,10 +419,7 @@ class Bench:
         names = self.args.models or (["resnet", "transformer"] if self.args.quick else zoo.names())
         rows = []
         for name in names:
-            trained = zoo.get(name).trained
-            src = str(self.zoo.onnx_path(name))
-            calib = self.calib(name, 128 if trained else 32)
-            evn = self.eval_npz(name, 16)
+            trained, src, calib, evn = self.zoo_inputs(name)
             for pipeline, what in (("trt-int8", "today's defaults"), ("trt-int8{smooth=off guard=off}", "before")):
                 log(f"[zoo-defaults] {name} {pipeline}")
                 out = str(self.work / f"zd-{name}-{tag(pipeline)}.onnx")
