@@ -11,8 +11,10 @@ What runs in parallel, and why the results are identical to a local run (tests/t
   histograms merge exactly; the per-sample histogram subsampling never depends on batching);
 * the per-layer sensitivity scan (``report``, ``mixed-precision``): one task per group of layers, each a full
   evaluation of its own;
-* bias correction and GPTQ's Hessians: per-batch partial sums from each shard, added by the driver in batch
-  order, so the floating-point sums are the local ones; GPTQ's per-layer solves run in parallel.
+* bias correction: per-batch partial sums from each shard, added by the driver in batch order, so the
+  floating-point sums are the local ones;
+* GPTQ: one group of layers per worker, each task gathering its layers' Hessians over all the samples and
+  solving them (the same sums and the same solves as in one process).
 
 The model is put in Ray's object store once (``put``) and every task reads it from there; file-backed
 calibration data is read by the workers from its path (a shared filesystem on a cluster), in-memory data is put

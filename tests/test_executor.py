@@ -121,10 +121,23 @@ def test_sensitivity_and_gptq_equal_one_process(zoo, tmp_path):
     local = layer_sensitivity(qdq, ref, data)
     ex = Shuffled(2)
     assert layer_sensitivity(qdq, ref, data, executor=ex) == local and ex.calls >= 2
+    for pipeline in ("trt-int8{guard=off},gptq{bits=4}", "trt-int8{guard=off},gptq{bits=4 inputs=fp32}"):
+        a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+        compile_model(src, a, pipeline, calib_data=str(calib))
+        ex = Shuffled(3)
+        compile_model(src, b, pipeline, calib_data=str(calib), executor=ex)
+        assert ex.calls >= 3  # calibration shards and three groups of layers (Hessians and solves)
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_blocked_gptq_on_matmuls_equals_one_process(zoo, tmp_path):
+    src, calib = zoo.onnx_path("transformer"), zoo.calibration_npz("transformer", 32)
+    pipeline = "trt-int4-weights{method=gptq block-size=32}"
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
-    compile_model(src, a, "trt-int8{guard=off},gptq{bits=4}", calib_data=str(calib))
-    compile_model(src, b, "trt-int8{guard=off},gptq{bits=4}", calib_data=str(calib), executor=Shuffled(2))
-    assert a.read_bytes() == b.read_bytes()
+    compile_model(src, a, pipeline, calib_data=str(calib))
+    ex = Shuffled(2)
+    compile_model(src, b, pipeline, calib_data=str(calib), executor=ex)
+    assert ex.calls >= 2 and a.read_bytes() == b.read_bytes()
 
 
 def test_data_that_cannot_be_split_runs_in_this_process_and_says_so(zoo, tmp_path):
@@ -212,6 +225,10 @@ def test_ray_gives_the_same_bytes_scales_and_ranking(ray_ex, zoo, tmp_path):
     remote = layer_sensitivity(qdq, ref, data, executor=ray_ex)
     assert remote == local
     assert sorted(remote, key=remote.get) == sorted(local, key=local.get)
+    c, d = tmp_path / "c.onnx", tmp_path / "d.onnx"  # GPTQ: Hessians and solves in two worker processes
+    compile_model(src, c, "trt-int8{guard=off},gptq{bits=4}", calib_data=str(calib))
+    compile_model(src, d, "trt-int8{guard=off},gptq{bits=4}", calib_data=str(calib), executor=ray_ex)
+    assert c.read_bytes() == d.read_bytes()
 
 
 class _Dying:

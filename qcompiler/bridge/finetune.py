@@ -404,7 +404,7 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
                    milestones: str | dict | None = None, executor: Any = None) -> str:
     """``qcompiler finetune``: load, train, write back, verify, save atomically.
 
-    ``executor`` (``"local"``, ``"ray"``, ``"ray:ADDRESS"`` or an Executor): GPTQ's per-layer solves run as its
+    ``executor`` (``"local"``, ``"ray"``, ``"ray:ADDRESS"`` or an Executor): GPTQ's Hessians and solves run as its
     tasks; AdaRound, LSQ and QAT train in this process (each layer's inputs depend on the layers before it), which
     a remark says."""
 

@@ -409,12 +409,6 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
         collect_hessians(reference, batch, data, max_samples=max_samples, threads=threads,
                          quantized=qdq if inputs in ("quantized", "sequential") else None)
 
-    if inputs != "sequential":
-        total = data.size_hint()
-        with Progress("gptq: hessians", total=min(total, max_samples) if total else None, unit="samples",
-                      mode=progress) as bar:
-            collect_hessians(reference, items, data, max_samples=max_samples, threads=threads, progress=bar,
-                             quantized=qdq if inputs == "quantized" else None)
     kw: dict[str, Any] = {"block": block, "damp": damp, "act_order": act_order, "asym": inputs == "sequential"}
 
     def done(it: dict) -> None:
@@ -423,18 +417,25 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
             diagnostics.remark("QC603", f"gptq {it['node'].name}: objective {er:.4g} (round-to-nearest) -> "
                                         f"{eg:.4g}", node=it["node"].name, pass_name="gptq")
 
+    solved = None
     if executor is not None and executor.parallel and inputs != "sequential" and len(items) > 1:
-        # the layers' solves are independent once the Hessians are in: one task each, written back in order
-        solved = executor.map(_solve_layer, [_solve_task(it, **kw) for it in items], what="gptq",
-                              progress=progress, labels=[f"gptq of layer {it['node'].name}" for it in items])
+        solved = _solve_on(executor, items, reference, qdq if inputs == "quantized" else None, data,
+                           max_samples, kw, progress)
+    if solved is not None:
         for it, sol in zip(items, solved):
             _write_layer(it, sol, names, record, report, state)
             done(it)
     else:
         if executor is not None and executor.parallel and diagnostics is not None:
-            diagnostics.remark("QC603", "gptq inputs=sequential solves the layers in this process, one after "
-                                        "another (each layer's inputs depend on the layers before it)",
-                               pass_name="gptq")
+            why = ("inputs=sequential: each layer's inputs depend on the layers before it" if inputs == "sequential"
+                   else "a model over 2 GB" if len(items) > 1 else "one layer")
+            diagnostics.remark("QC603", f"gptq runs in this process ({why})", pass_name="gptq")
+        if inputs != "sequential":
+            total = data.size_hint()
+            with Progress("gptq: hessians", total=min(total, max_samples) if total else None, unit="samples",
+                          mode=progress) as bar:
+                collect_hessians(reference, items, data, max_samples=max_samples, threads=threads, progress=bar,
+                                 quantized=qdq if inputs == "quantized" else None)
         with Progress("gptq", total=len(items), unit="layers", mode=progress, interval=0.0) as bar:
             for it in items:
                 if inputs == "sequential":  # this layer's inputs with every layer before it already re-rounded
@@ -451,6 +452,59 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
     qdq.cleanup(remove_unused_graph_inputs=False)
     return GPTQReport(report, time.perf_counter() - t0)
 
+
+
+#: what a task needs of a layer to gather its Hessian and solve it (no graph objects)
+_PORTABLE = ("W", "geo", "qp", "spec", "k", "groups", "input", "q_input", "attrs", "new_grid")
+
+
+def _balanced(items: list[dict], n: int) -> list[list[int]]:
+    """Indices of ``items`` in ``n`` groups of about equal work (a Hessian costs ~k^2 per patch, a solve ~k^3),
+    each group in the original order."""
+    load = [0.0] * n
+    groups: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted(range(len(items)), key=lambda i: (-items[i]["k"] ** 2 * items[i]["groups"], i)):
+        j = min(range(n), key=lambda j: (load[j], j))
+        groups[j].append(i)
+        load[j] += float(items[i]["k"]) ** 2 * items[i]["groups"]
+    return [sorted(g) for g in groups if g]
+
+
+def _gptq_task(task: tuple) -> list[tuple]:
+    """A Ray task: the Hessians of a group of layers over all the data (from its own sessions), then their
+    solves; only the rounded weights travel back."""
+    from ..executor import resolve, task_threads
+    from ..ir.io import graph_from_bytes
+
+    ref_blob, q_blob, data_ref, items, max_samples, kw = task
+    quantized = graph_from_bytes(resolve(q_blob)) if q_blob is not None else None
+    collect_hessians(graph_from_bytes(resolve(ref_blob)), items, resolve(data_ref), max_samples=max_samples,
+                     threads=task_threads(), quantized=quantized)
+    return [_solve_layer(_solve_task(it, **kw)) for it in items]
+
+
+def _solve_on(executor, items: list[dict], reference: gs.Graph, quantized: gs.Graph | None, data,
+              max_samples: int, kw: dict[str, Any], progress: str) -> list[tuple] | None:
+    """GPTQ's Hessians and solves on ``executor``: the layers in one group per worker, each group a task that
+    reads the data itself.  A layer's Hessian is the same sum over the same samples as in one process, so the
+    integers are the same; None when a model is too big to ship."""
+    from ..ir.io import serialize_for_runtime
+
+    ref_blob = serialize_for_runtime(reference)
+    q_blob = serialize_for_runtime(quantized) if quantized is not None else None
+    if ref_blob is None or (quantized is not None and q_blob is None):
+        return None
+    ref_ref, q_ref, data_ref = executor.put(ref_blob), executor.put(q_blob) if q_blob else None, executor.put(data)
+    groups = _balanced(items, min(len(items), executor.workers))
+    tasks = [(ref_ref, q_ref, data_ref, [{k: items[i][k] for k in _PORTABLE} for i in g], max_samples, kw)
+             for g in groups]
+    parts = executor.map(_gptq_task, tasks, what="gptq", progress=progress,
+                         labels=[f"gptq of {len(g)} layer(s) from {items[g[0]]['node'].name}" for g in groups])
+    out: list[Any] = [None] * len(items)
+    for g, part in zip(groups, parts):
+        for i, sol in zip(g, part):
+            out[i] = sol
+    return out
 
 
 def record_from_graph(qdq: gs.Graph) -> QuantizationRecord:
