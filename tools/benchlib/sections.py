@@ -513,8 +513,9 @@ class Bench:
 
     @section("executor")
     def executor(self) -> None:
-        """1 vs 2 Ray workers against one process: calibration of the ResNet-50 architecture (512 samples, entropy)
-        and the one-layer-at-a-time sensitivity scan of MobileNetV2 (16 samples); each run in its own process."""
+        """1 vs 2 Ray workers against one process: calibration of the ResNet-50 architecture (512 samples, entropy),
+        the one-layer-at-a-time sensitivity scan of MobileNetV2 (16 samples) and GPTQ of its 4-bit weights; each
+        run in its own process."""
         from qcompiler.api import compile_model
 
         rows = []
@@ -529,10 +530,19 @@ class Bench:
         if not qdq.exists():
             compile_model(str(self.zoo.onnx_path(name)), str(qdq), "trt-int8{guard=off smooth=off}",
                           calib_data=scal)
+        w4 = self.work / "w4.yaml"
+        w4.write_text("global:\n  weight: {dtype: s4, qscheme: per_channel_symmetric}\n")
+        w4q = self.work / f"{name}-w4.onnx"
+        if not w4q.exists():
+            compile_model(str(self.zoo.onnx_path(name)), str(w4q), "trt-int8{guard=off smooth=off}",
+                          calib_data=scal, config=str(w4))
         for what, task in (("calibration: ResNet-50, %d samples" % n,
                             {"what": "calib", "src": str(src), "calib": calib, "method": "entropy"}),
                            ("sensitivity scan: MobileNetV2", {"what": "sensitivity", "src": str(self.zoo.onnx_path(
-                               name)), "qdq": str(qdq), "calib": scal})):
+                               name)), "qdq": str(qdq), "calib": scal}),
+                           ("GPTQ W4A8: MobileNetV2 (finetune --method gptq)",
+                            {"what": "gptq", "src": str(self.zoo.onnx_path(name)), "qdq": str(w4q),
+                             "calib": scal, "out": str(self.work / f"{name}-gptq")})):
             base = None
             for ex, cpus in (("local", 0), ("ray", 1), ("ray", 2)):
                 log(f"[executor] {what} {ex} {cpus or ''}")

@@ -282,6 +282,16 @@ def w_executor(task: dict) -> dict:
             wall = time.perf_counter() - t0
             for name, st in sorted(ctx.state.require(CalibrationStats, "bench").tensors.items()):
                 h.update(name.encode() + np.asarray(st.range, np.float64).tobytes())
+        elif task["what"] == "gptq":
+            from qcompiler.bridge.finetune import finetune_model
+
+            out = task["out"] + f".{task['executor']}{task['cpus']}.onnx"
+            t0 = time.perf_counter()
+            finetune_model(task["qdq"], task["src"], out, method="gptq", calib_data=task["calib"], progress=False,
+                           executor=ex)
+            wall = time.perf_counter() - t0
+            with open(out, "rb") as f:
+                h.update(f.read())
         else:
             from qcompiler.bridge.finetune import reference_graph
             from qcompiler.calib.data import as_data_source
