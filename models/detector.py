@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .zoo import cache_dir, cached_training
+from .zoo import cache_dir, standin
 
 IMAGE = 128
 CLASSES = ("rectangle", "ellipse", "triangle")
@@ -447,16 +447,12 @@ def _cache() -> Path:
 
 def onnx_path(seed: int = 0) -> Path:
     """The trained detector exported with the TorchScript exporter (BatchNormalization kept), cached."""
-    import torch
 
     from .zoo import export
 
-    path = _cache() / f"detector-v{VERSION}-s{seed}.onnx"
-    if path.exists():
+    path, model = standin(f"detector-v{VERSION}", seed, build_model, train)
+    if model is None:
         return path
-    wpath = _cache() / f"detector-v{VERSION}-s{seed}.pt"
-    torch.manual_seed(seed)
-    model = cached_training(build_model(), wpath, lambda m: train(m, seed=seed))
     return export(model, path, (3, IMAGE, IMAGE), input_name="images", output_name="output0")
 
 

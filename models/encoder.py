@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .zoo import cache_dir, cached_training
+from .zoo import cache_dir, standin
 
 VOCAB = 120
 SEQ = 32
@@ -152,12 +152,9 @@ def _cache() -> Path:
 def onnx_path(seed: int = 0) -> Path:
     import torch
 
-    path = _cache() / f"encoder-v{VERSION}-s{seed}.onnx"
-    if path.exists():
+    path, model = standin(f"encoder-v{VERSION}", seed, build_model, train)
+    if model is None:
         return path
-    wpath = _cache() / f"encoder-v{VERSION}-s{seed}.pt"
-    torch.manual_seed(seed)
-    model = cached_training(build_model(), wpath, lambda m: train(m, seed=seed))
     ids, mask, _ = dataset(2, seed=1)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)

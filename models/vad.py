@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .zoo import cache_dir, cached_training
+from .zoo import cache_dir, standin
 
 HID = 64
 FEAT = 64
@@ -274,14 +274,10 @@ def _cache() -> Path:
 
 def onnx_path(seed: int = 0) -> Path:
     import onnx
-    import torch
 
-    path = _cache() / f"vad-if-v{VERSION}-s{seed}.onnx"
-    if path.exists():
+    path, model = standin(f"vad-if-v{VERSION}", seed, build_model, train)
+    if model is None:
         return path
-    wpath = _cache() / f"vad-if-v{VERSION}-s{seed}.pt"
-    torch.manual_seed(seed)
-    model = cached_training(build_model(), wpath, lambda m: train(m, seed=seed))
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     onnx.save(to_onnx(model), tmp)

@@ -130,6 +130,18 @@ def cached_training(model, wpath: Path, train: Callable[[Any], None]):
     return model
 
 
+def standin(stem: str, seed: int, build_model: Callable[[], Any], train: Callable[..., None]):
+    """A stand-in model's cached ONNX path and, when that file is not there yet, its trained torch module (the
+    weights cached too) for the caller to export; ``(path, None)`` when the file exists."""
+    import torch
+
+    path = cache_dir() / f"{stem}-s{seed}.onnx"
+    if path.exists():
+        return path, None
+    torch.manual_seed(seed)
+    return path, cached_training(build_model(), cache_dir() / f"{stem}-s{seed}.pt", lambda m: train(m, seed=seed))
+
+
 def build(name: str, *, seed: int = 0):
     """The torch module (trained and cached if the entry is digits-trained)."""
     import torch
