@@ -35,7 +35,7 @@ from qcompiler.calib.collect import shard_plan
 from qcompiler.calib.data import CalibData
 from qcompiler.diagnostics import CalibrationError, QCompilerError
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.io import copy_graph, serialize_for_runtime
+from qcompiler.ir.io import copy_graph, put_graph
 from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
 from qcompiler.ir.query import const_value, is_graph_output, produced_by, producer
 from qcompiler.ir.runtime import Session
@@ -76,11 +76,11 @@ def _batch_sums(graph: gs.Graph, tensors: list[tuple[str, str]], data: CalibData
 def _batch_sums_task(task: tuple) -> list:
     """A Ray task: :func:`_batch_sums` over one shard, the model and data fetched from the object store."""
     from qcompiler.executor import resolve, task_threads
-    from qcompiler.ir.io import graph_from_bytes
+    from qcompiler.ir.io import graph_from_ref
 
     model, data, tensors, opt_level, start, stop = task
-    return list(_batch_sums(graph_from_bytes(resolve(model)), tensors, resolve(data).shard(start, stop),
-                            opt_level, task_threads()))
+    return list(_batch_sums(graph_from_ref(model), tensors, resolve(data).shard(start, stop), opt_level,
+                            task_threads()))
 
 
 def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: CalibData, ctx,
@@ -93,9 +93,9 @@ def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: Cal
     ex = getattr(ctx, "executor", None)
     if ex is not None and ex.parallel:
         ranges, why = shard_plan(data, graph, ex.workers, exact_batches=True)
-        blob = serialize_for_runtime(graph) if ranges else None
-        if ranges and blob is not None:
-            model_ref, data_ref = ex.put(blob), ex.put(data)
+        model_ref = put_graph(ex, graph) if ranges else None
+        if ranges and model_ref is not None:
+            data_ref = ex.put(data)
             parts = ex.map(_batch_sums_task, [(model_ref, data_ref, named, opt_level, a, b) for a, b in ranges],
                            what="bias-correct: means", labels=[f"means of shard {k} (samples {a}-{b - 1})"
                                                                 for k, (a, b) in enumerate(ranges)])

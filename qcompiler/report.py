@@ -142,11 +142,11 @@ def layer_sensitivity(qdq: gs.Graph, reference: gs.Graph, data, *, layers: list[
     layers = layers if layers is not None else quantized_layers(qdq)
     names = [n.name for n in layers]
     if executor is not None and executor.parallel and len(names) > 1:
-        from .ir.io import serialize_for_runtime
+        from .ir.io import put_graph
 
-        q_blob, r_blob = serialize_for_runtime(qdq), serialize_for_runtime(reference)
-        if q_blob is not None and r_blob is not None:
-            q_ref, r_ref, d_ref = executor.put(q_blob), executor.put(r_blob), executor.put(data)
+        q_ref, r_ref = put_graph(executor, qdq), put_graph(executor, reference)
+        if q_ref is not None and r_ref is not None:
+            d_ref = executor.put(data)
             k = min(len(names), 4 * executor.workers)  # a few groups per worker: the slow layers even out
             bounds = [len(names) * i // k for i in range(k + 1)]
             groups = [names[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
@@ -174,10 +174,10 @@ def _sensitivity_of(qdq: gs.Graph, reference: gs.Graph, data, names: list[str], 
 def _sensitivity_task(task: tuple) -> dict[str, float]:
     """A Ray task: the sensitivity of a group of layers, the models and data fetched from the object store."""
     from .executor import resolve, task_threads
-    from .ir.io import graph_from_bytes
+    from .ir.io import graph_from_ref
 
     q_ref, r_ref, d_ref, names = task
-    return _sensitivity_of(graph_from_bytes(resolve(q_ref)), graph_from_bytes(resolve(r_ref)), resolve(d_ref),
+    return _sensitivity_of(graph_from_ref(q_ref), graph_from_ref(r_ref), resolve(d_ref),
                            names, threads=task_threads())
 
 

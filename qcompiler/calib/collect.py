@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -338,14 +338,11 @@ def merge_stats(*shards: dict[str, TensorStats]) -> dict[str, TensorStats]:
 def _collect_shard(task: tuple) -> dict[str, TensorStats]:
     """A Ray task (or a local call): one shard of the data through its own onnxruntime session."""
     from ..executor import resolve, task_threads
-    from ..ir.io import graph_from_bytes
+    from ..ir.io import graph_from_ref
 
     model, data, requests, options, start, stop = task
-    graph = graph_from_bytes(resolve(model))
-    opts = CollectOptions(batch_size=options.batch_size, threads=options.threads or task_threads(),
-                          opt_level=options.opt_level,
-                          hist_sample=options.hist_sample, progress="off", run_budget_mib=options.run_budget_mib)
-    return collect(graph, requests, resolve(data).shard(start, stop), options=opts)
+    opts = replace(options, threads=options.threads or task_threads(), progress="off")
+    return collect(graph_from_ref(model), requests, resolve(data).shard(start, stop), options=opts)
 
 
 def shard_plan(data: CalibData, graph: gs.Graph, workers: int, batch_size: int | None = None,
@@ -360,7 +357,7 @@ def shard_plan(data: CalibData, graph: gs.Graph, workers: int, batch_size: int |
         return None, ("the data cannot say how many samples it holds without reading it (a Python iterable, a "
                       "folder of .npz files, feeds taken as they are)")
     if exact_batches and (data.options.skip_bad or data.options.layout == "feed"
-                          or getattr(data.source, "default_batch", 8) is None):
+                          or data.source.default_batch is None):
         return None, "its batches depend on the files (one run per file, or skipped samples)"
     fixed = next((int(t.shape[0]) for t in graph.inputs if t.shape and static_dim(t.shape[0])), None)
     batch = fixed or batch_size or data.options.batch_size or data.source.default_batch or 8
@@ -375,7 +372,7 @@ def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: 
     order: min/max and histograms merge exactly, so the statistics (and the scales) are the ones one process gets.
     Falls back to one process (with a remark) when the data cannot say how many samples it holds or an
     observer depends on the batch order (moving_average)."""
-    from ..ir.io import serialize_for_runtime
+    from ..ir.io import put_graph
 
     opts = options or CollectOptions()
     if executor is None or not executor.parallel:
@@ -383,15 +380,14 @@ def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: 
     ranges, why = shard_plan(data, graph, executor.workers, opts.batch_size)
     if why is None and any(c.method == "moving_average" for c in requests.values()):
         why = "moving_average depends on the order of the batches"
-    blob = serialize_for_runtime(graph) if why is None else None
-    if why is None and blob is None:
+    model_ref = put_graph(executor, graph) if why is None else None
+    if why is None and model_ref is None:
         why = "the model is over 2 GB (it would be shipped to every worker)"
     if why is not None or ranges is None:
         if diagnostics is not None:
             diagnostics.remark("QC404", f"calibration runs in this process: {why}")
         return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings)
     data.check_signature(graph)
-    model_ref = executor.put(blob)
     data_ref = executor.put(data)
     t0 = time.perf_counter()
     parts = executor.map(_collect_shard, [(model_ref, data_ref, requests, opts, a, b) for a, b in ranges],

@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -754,9 +754,18 @@ def save_model(graph_or_model: gs.Graph | onnx.ModelProto, path: str | os.PathLi
     return out
 
 
-def graph_from_bytes(blob: bytes, *, normalize: bool = False) -> gs.Graph:
-    """A graph from a serialized model (what :func:`serialize_for_runtime` wrote: weights inline)."""
-    return import_model(onnx.load_from_string(blob), normalize=normalize)
+def put_graph(executor: Any, graph: gs.Graph) -> Any | None:
+    """``graph`` serialized once (weights inline) and put where the executor's tasks read it
+    (:func:`graph_from_ref`); None when it is over the protobuf limit (the caller then works in this process)."""
+    blob = serialize_for_runtime(graph)
+    return None if blob is None else executor.put(blob)
+
+
+def graph_from_ref(ref: Any) -> gs.Graph:
+    """In a task: the graph :func:`put_graph` shared (fetched from Ray's object store, or the bytes themselves)."""
+    from ..executor import resolve
+
+    return import_model(onnx.load_from_string(resolve(ref)), normalize=False)
 
 
 def serialize_for_runtime(graph: gs.Graph) -> bytes | None:

@@ -474,11 +474,11 @@ def _gptq_task(task: tuple) -> list[tuple]:
     """A Ray task: the Hessians of a group of layers over all the data (from its own sessions), then their
     solves; only the rounded weights travel back."""
     from ..executor import resolve, task_threads
-    from ..ir.io import graph_from_bytes
+    from ..ir.io import graph_from_ref
 
-    ref_blob, q_blob, data_ref, items, max_samples, kw = task
-    quantized = graph_from_bytes(resolve(q_blob)) if q_blob is not None else None
-    collect_hessians(graph_from_bytes(resolve(ref_blob)), items, resolve(data_ref), max_samples=max_samples,
+    ref_ref, q_ref, data_ref, items, max_samples, kw = task
+    quantized = graph_from_ref(q_ref) if q_ref is not None else None
+    collect_hessians(graph_from_ref(ref_ref), items, resolve(data_ref), max_samples=max_samples,
                      threads=task_threads(), quantized=quantized)
     return [_solve_layer(_solve_task(it, **kw)) for it in items]
 
@@ -488,13 +488,13 @@ def _solve_on(executor, items: list[dict], reference: gs.Graph, quantized: gs.Gr
     """GPTQ's Hessians and solves on ``executor``: the layers in one group per worker, each group a task that
     reads the data itself.  A layer's Hessian is the same sum over the same samples as in one process, so the
     integers are the same; None when a model is too big to ship."""
-    from ..ir.io import serialize_for_runtime
+    from ..ir.io import put_graph
 
-    ref_blob = serialize_for_runtime(reference)
-    q_blob = serialize_for_runtime(quantized) if quantized is not None else None
-    if ref_blob is None or (quantized is not None and q_blob is None):
+    ref_ref = put_graph(executor, reference)
+    q_ref = put_graph(executor, quantized) if quantized is not None else None
+    if ref_ref is None or (quantized is not None and q_ref is None):
         return None
-    ref_ref, q_ref, data_ref = executor.put(ref_blob), executor.put(q_blob) if q_blob else None, executor.put(data)
+    data_ref = executor.put(data)
     groups = _balanced(items, min(len(items), executor.workers))
     tasks = [(ref_ref, q_ref, data_ref, [{k: items[i][k] for k in _PORTABLE} for i in g], max_samples, kw)
              for g in groups]
