@@ -17,6 +17,10 @@ from onnx import helper
 
 CONSTANT_FORMS = ("initializers", "constant-nodes", "identity", "identity-constant", "inputs")
 OTHER_FORMS = ("opset-11", "opset-13", "opset-17", "opset-21", "symbolic-batch")
+#: declared shapes that lie (exporters write these): outputs ``shape {}``, another rank, wrong dims, no shape;
+#: every value_info ``shape {}`` or one rank too many; the first input ``shape {}`` or without a shape
+SHAPE_FORMS = ("outputs-rank0", "outputs-wrong-rank", "outputs-wrong-dims", "outputs-no-shape", "value-info-rank0",
+               "value-info-wrong-rank", "input-rank0", "input-no-shape")
 
 
 class FormUnavailable(ValueError):
@@ -90,11 +94,40 @@ def _symbolic_batch(m: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+def _shape_lies(m: onnx.ModelProto, form: str) -> onnx.ModelProto:
+    what, lie = form.split("-", 1)
+    if what == "value":
+        m = onnx.shape_inference.infer_shapes(m)
+        vis = [vi for vi in m.graph.value_info if vi.type.HasField("tensor_type")]
+        lie = lie.replace("info-", "")
+    elif what == "outputs":
+        vis = list(m.graph.output)
+    else:
+        inits = {t.name for t in m.graph.initializer}
+        vis = [vi for vi in m.graph.input if vi.name not in inits][:1]
+    for vi in vis:
+        tt = vi.type.tensor_type
+        if lie == "rank0":
+            tt.shape.Clear()
+            tt.shape.SetInParent()
+        elif lie == "no-shape":
+            tt.ClearField("shape")
+        elif lie == "wrong-rank":
+            tt.shape.dim.add().dim_value = 3
+        elif lie == "wrong-dims":
+            for d in tt.shape.dim:
+                d.Clear()
+                d.dim_value = 7
+    return m
+
+
 def rewrite(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
-    """A copy of ``model`` in ``form`` (CONSTANT_FORMS or OTHER_FORMS)."""
+    """A copy of ``model`` in ``form`` (CONSTANT_FORMS, OTHER_FORMS or SHAPE_FORMS)."""
     m = _copy(model)
     if form == "initializers":
         return m
+    if form in SHAPE_FORMS:
+        return _shape_lies(m, form)
     if form == "constant-nodes":
         return _constant_nodes(m, behind_identity=False)
     if form == "identity-constant":
@@ -123,4 +156,4 @@ def rewrite(model: onnx.ModelProto, form: str) -> onnx.ModelProto:
             raise FormUnavailable(f"opset {current} -> {target}: the converter's output is invalid: "
                                   f"{str(exc).splitlines()[0][:200]}") from exc
         return out
-    raise ValueError(f"unknown form '{form}' (forms: {', '.join(CONSTANT_FORMS + OTHER_FORMS)})")
+    raise ValueError(f"unknown form '{form}' (forms: {', '.join(CONSTANT_FORMS + OTHER_FORMS + SHAPE_FORMS)})")

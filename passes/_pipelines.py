@@ -65,7 +65,7 @@ def _quant(target: str, precision: str):
         if o.attention == "quantized":
             common += " attention=quantized"
         cal = f"calibrate{{{common}" + (f" method={o.calib}" if o.calib != "auto" else "") + \
-            (" histograms=true" if o.guard == "on" else "") + "}"
+            (" histograms=true keep-outputs=4" if o.guard == "on" else "") + "}"
         ins = f"insert-qdq{{{common}" + (f" weights={o.weights}" if o.weights != "dq" else "") + "}"
         tail = []
         if o.guard == "on":
@@ -85,8 +85,11 @@ class WeightOnlyOptions:
     method: str = option("gptq", "how the blocked weights are rounded: rtn (round to nearest), awq (activation-aware "
                                  "scales first), gptq (second-order rounding; the best measured, docs/benchmarks.md), "
                                  "awq+gptq", choices=("rtn", "awq", "gptq", "awq+gptq"))
-    block_size: int = option(128, "inputs per weight block (the reduction axis)", min=1)
+    block_size: int = option(32, "inputs per weight block (the reduction axis; TensorRT takes 32, 64, 128)", min=1)
     bits: int = option(4, "weight bits: 4 or 8", choices=(4, 8))
+    int8_below: float = option(26.0, "with gptq: a layer whose output SQNR at 4 bits stays below this (dB, GPTQ's own "
+                                     "objective on the calibration data) gets 8-bit weights instead (0: never)",
+                               min=0.0)
 
 
 def _weight_only(target: str):
@@ -98,7 +101,8 @@ def _weight_only(target: str):
             steps.append(f"awq{{bits={o.bits} block-size={o.block_size}}}")
         steps += [f"calibrate{{{common}}}", f"insert-qdq{{{common}}}"]
         if "gptq" in o.method:
-            steps.append("gptq{inputs=fp32}")
+            fb = f" fallback-db={format_value(o.int8_below)}" if o.int8_below > 0 and o.bits < 8 else ""
+            steps.append(f"gptq{{inputs=fp32{fb}}}")
         return ",".join(steps + ["cleanup"])
     return build
 

@@ -68,6 +68,8 @@ class Calibrate(Pass):
                                      "and tensor; 1: all); the choice never depends on the batch size", min=0)
         histograms: bool = option(False, "collect histograms with min_max/moving_average too (the guard computes "
                                          "other ranges from them)")
+        keep_outputs: int = option(0, "keep the model's FP32 outputs on the first batches holding this many samples "
+                                      "(the output guard's reference, from this run; 0: none)", min=0)
         random_samples: int = option(32, "samples of random data when calibrating without data "
                                          "(only with allow-random-calibration)", min=1)
 
@@ -138,12 +140,17 @@ class Calibrate(Pass):
                                 "cache_key), so the cache is not used")
 
         t0 = time.perf_counter()
+        kept: list = []
         stats = collect_sharded(graph, configs, data, ctx.executor, diagnostics=ctx.diagnostics,
-                        options=CollectOptions(batch_size=batch, threads=ctx.threads, opt_level="all",
-                                               hist_sample=self.options.hist_sample, progress=ctx.progress_mode()),
-                        timings=ctx.timings)
+                                options=CollectOptions(batch_size=batch, threads=ctx.threads, opt_level="all",
+                                                       hist_sample=self.options.hist_sample,
+                                                       progress=ctx.progress_mode(),
+                                                       keep_samples=self.options.keep_outputs if ctx.calib_data
+                                                       is not None else 0),
+                                timings=ctx.timings, kept=kept)
         samples = next(iter(stats.values())).extra.get("samples", 0) if stats else 0
-        cs = CalibrationStats(stats, key, samples, {"methods": sorted({c.method for c in configs.values()})})
+        cs = CalibrationStats(stats, key, samples, {"methods": sorted({c.method for c in configs.values()})},
+                              outputs=kept)
         cs.finalize()
         for t, k in cs.non_finite().items():
             ctx.remark("QC406", f"tensor '{t}' takes non-finite values (first on sample {k}; e.g. an additive -inf "

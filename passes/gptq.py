@@ -46,6 +46,10 @@ class GPTQ(Pass):
                                           "data pass), sequential (layer by layer, each after the layers before it "
                                           "are re-rounded, aiming at the FP32 output: slower, best), or fp32 (the "
                                           "original GPTQ)", choices=("quantized", "sequential", "fp32"))
+        fallback_db: float = option(0.0, "a layer with fewer than 8 weight bits whose output SQNR after GPTQ (its "
+                                         "own objective: output energy over error on the calibration data) stays "
+                                         "below this many dB gets 8-bit weights on the same granularity (0: off)",
+                                    min=0.0)
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         if ctx.calib_data is None:
@@ -57,10 +61,11 @@ class GPTQ(Pass):
         rep = run_gptq(graph, ref, record, ctx.calib_data, bits=o.bits, block_size=o.block_size,
                        act_order=o.act_order, damp=o.damp, block=o.block, max_samples=o.max_samples,
                        threads=ctx.threads, progress=ctx.progress_mode(), diagnostics=ctx.diagnostics,
-                       inputs=o.inputs, executor=ctx.executor)
+                       inputs=o.inputs, executor=ctx.executor, fallback_db=o.fallback_db)
         ctx.state.put(rep)
         er = sum(a for a, _ in rep.layers.values())
         eg = sum(b for _, b in rep.layers.values())
         ctx.remark("QC603", f"gptq: {len(rep.layers)} layers, summed objective {er:.4g} -> {eg:.4g} in "
-                            f"{rep.seconds:.1f} s")
+                            f"{rep.seconds:.1f} s" + (f"; {len(rep.wider)} layer(s) below {o.fallback_db:g} dB "
+                                                      f"got 8-bit weights" if rep.wider else ""))
         return PassResult(True, {"layers": len(rep.layers)})

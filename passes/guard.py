@@ -1,12 +1,14 @@
 """guard: after insert-qdq, keep float the few activation tensors int8 cannot carry (qcompiler/quant/guard.py).
 
 On by default in the named pipelines (``trt-int8{guard=off}`` turns it off).  The quantized model is compared
-with the FP32 one on ``samples`` calibration samples, output by output and, for an output made by a Concat,
-part by part.  When every part is at least ``sqnr`` dB nothing changes.  Otherwise the guard searches the
-activation quantization points (a shared Concat scale is one point) that cost the most accuracy and returns
-them to float, best gain per MAC first, while the float layers stay within ``budget`` of the quantized MACs.
-Each decision is a QC504 remark naming the tensors, the layers that went float with them and the SQNR gained;
-the summary is kept as the ``guard-report`` state (``qcompiler compile`` prints one line).
+with the FP32 one on ``samples`` calibration samples, output part by output part, each judged by what its user
+consumes (qcompiler/quant/judge.py) as a health in dB.  When every part is at least ``sqnr`` dB nothing changes.
+Otherwise a group-testing search over the activation quantization points (a shared Concat scale is one point),
+on the samples that fared worst and within ``runs`` runs, finds the few that cost the most; they get another
+range from the same statistics (free) or go float, most share per MAC first, while the float layers stay within
+``budget`` of the quantized MACs.  Each decision is a remark (QC504 for float, QC604 for a range) naming the
+tensors, the layers that went float with them and the health gained; the summary is kept as the
+``guard-report`` state (``qcompiler compile`` prints one line).
 """
 
 from __future__ import annotations
@@ -45,13 +47,28 @@ class Guard(Pass):
 
     @dataclass(frozen=True)
     class Options:
-        sqnr: float = option(20.0, "an output part below this SQNR (dB, vs FP32 on calibration samples) is "
-                                   "unhealthy", min=0.0)
+        sqnr: float = option(20.0, "an output part whose health is below this (dB, vs FP32 on calibration samples: "
+                                   "SQNR for values, -10 log10 of the disagreement for scores, classes and "
+                                   "detections) is unhealthy", min=0.0)
         budget: float = option(0.02, "most MACs (fraction of the quantized layers') the guard may return to "
                                      "float", min=0.0, max=1.0)
-        samples: int = option(16, "calibration samples the outputs are judged on", min=1)
-        scan_samples: int = option(2, "samples of the per-point scan (when unhealthy)", min=1)
-        max_steps: int = option(8, "most candidate sets checked after the scan", min=1)
+        samples: int = option(4, "calibration samples the outputs are judged on", min=1)
+        search_samples: int = option(1, "samples the search runs on (those that fared worst; when unhealthy)",
+                                     min=1)
+        runs: int = option(0, "most runs of the model the search may make (0: about what calibration cost: its "
+                              "samples over the judged feeds' batch, within 16..48)", min=0)
+        max_steps: int = option(6, "most float prefixes checked after the search", min=1)
+
+    @staticmethod
+    def _runs(stats, ctx, graph) -> int:
+        """The search's runs by default: calibration's samples over the rows of one judged feed (so the search
+        costs about what calibration did), within 16..48."""
+        from qcompiler.quant.guard import _feeds, _rows
+
+        first = [f for f, _ in getattr(stats, "outputs", [])[:1]] or _feeds(ctx.calib_data, graph, 1)
+        rows = _rows(first[0]) if first else 1
+        n = int(getattr(stats, "samples", 0) or 0)
+        return int(min(48, max(16, n // max(rows, 1))))
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         if ctx.calib_data is None:  # calibrated on random data (allow-random-calibration): nothing to judge with
@@ -82,8 +99,9 @@ class Guard(Pass):
             return lo, hi
 
         res = run_guard(graph, ref, record.plan, ctx.calib_data, sqnr=o.sqnr, budget=o.budget, samples=o.samples,
-                        scan_samples=o.scan_samples, max_steps=o.max_steps, range_of=range_of,
-                        diagnostics=ctx.diagnostics, threads=ctx.threads)
+                        search_samples=o.search_samples, runs=o.runs or self._runs(stats, ctx, graph),
+                        max_steps=o.max_steps, range_of=range_of, diagnostics=ctx.diagnostics, threads=ctx.threads,
+                        kept=getattr(stats, "outputs", None))
         report = GuardReport(res, o.sqnr)
         ctx.state.put(report)
         record.recipe_used["guard"] = report.to_dict()  # written beside the output; `qcompiler report` shows it

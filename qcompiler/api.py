@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from .diagnostics import DiagnosticEngine, ModelLoadError, QCompilerError, Severity, UsageError
 from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
-from .ir.shapes import reconcile_shapes
+from .ir.shapes import reconcile_inputs, reconcile_shapes
 from .ir.verify import type_problems
 from .ir.io import get_meta, normalize_graph, writable_parent
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
@@ -130,10 +130,17 @@ def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec
         ctx.facts |= saved_facts
     graph = load_model(input_path, normalize=False)
     verify_graph(graph)  # the file as it is: normalizing an invalid graph could hide what is wrong with it
-    normalize_graph(graph)
+    fixes = normalize_graph(graph)  # declared shapes are hints: wrong ones must not steer the passes
+    inputs_changed = bool(input_shapes)
     if input_shapes:
         fix_input_shapes(graph, input_shapes)
-    for line in reconcile_shapes(graph):  # declared shapes are hints: wrong ones must not steer the passes
+    if ctx.calib_data is not None and any(t.shape is None or len(t.shape) == 0 for t in graph.inputs):
+        lines = reconcile_inputs(graph, ctx.calib_data.ranks())  # an input declared without a rank
+        fixes = lines + fixes
+        inputs_changed = inputs_changed or bool(lines)
+    if inputs_changed:
+        fixes += reconcile_shapes(graph)
+    for line in fixes:
         diags.remark("QC212", f"declared shape corrected: {line}")
     for p in type_problems(graph)[:1]:  # a graph onnxruntime and TensorRT would refuse: say so before any pass
         raise ModelLoadError(f"{input_path}: the model is not valid: {p.message}", code="QC203", node=p.node,

@@ -4,8 +4,9 @@
 Every measurement runs in its own process (peak RSS is that process's), and both sides are
 measured in the same invocation, so the ratios compare like with like.
 
-    python tools/bench.py --quick                      # a few minutes on 2 cores
-    python tools/bench.py                              # the full run behind docs/benchmarks.md
+    python tools/bench.py --quick                      # a quick signal: at most 5 minutes on 2 cores (warm cache)
+    python tools/bench.py --real                       # the development set of shipped models, every tool
+    python tools/bench.py                              # every section (the runs behind docs/benchmarks.md)
     python tools/bench.py --sections accuracy,latency --models resnet,mobilenetv2
 
 Sections:
@@ -20,6 +21,9 @@ Sections:
   latency   onnxruntime CPU latency (median) of FP32, qcompiler trt-int8 / ort-int8 and quantize_static outputs
   cle       CLE per-layer range spread and per-tensor int8 weight SQNR; per-tensor/4-bit weight accuracy
   recovery  bias correction, mixed precision, AdaRound/LSQ when those passes exist
+  real      the development set (models/real/, ../shared/real-models.md): shipped models with real inputs
+            through FP32, onnxruntime.quantization, ModelOpt and qcompiler's named pipelines; task metric vs FP32,
+            compile time, peak RSS, the guard's time ratio
   arch      random-weight architectures (ResNet-18, MobileNetV2, EfficientNet-B0, a decoder): output SQNR of
             qcompiler's recovery pipelines, quantize_static and ModelOpt
 
@@ -39,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ (benchlib, tools_graphs)
 
 from benchlib.render import render  # noqa: E402
-from benchlib.sections import SECTIONS, Bench  # noqa: E402
+from benchlib.sections import QUICK_SECTIONS, SECTIONS, Bench  # noqa: E402
 from benchlib.workers import worker_main  # noqa: E402
 
 
@@ -49,7 +53,9 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset (a few minutes on 2 cores)")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    ap.add_argument("--real", action="store_true", help="the development set only (same as --sections real)")
+    ap.add_argument("--sections", default=None, help="comma-separated: " + ", ".join(SECTIONS)
+                    + " (default: all; with --quick: " + ",".join(QUICK_SECTIONS) + ")")
     ap.add_argument("--models", type=lambda s: s.split(","), default=None,
                     help="zoo models for the accuracy, outlier, recovery and arch sections")
     ap.add_argument("--workdir", default=None)
@@ -58,6 +64,8 @@ def main() -> None:
     ap.add_argument("--big-ort", action="store_true",
                     help="also run onnxruntime's histogram calibrators at 512 samples")
     args = ap.parse_args()
+    if args.sections is None:
+        args.sections = "real" if args.real else ",".join(QUICK_SECTIONS if args.quick else SECTIONS)
     res = Bench(args).run()
     text = render(res)
     print(text)

@@ -57,6 +57,13 @@ class CollectOptions:
     #: run onnxruntime on slices of each batch whose exposed tensors total at most this many MiB
     #: (0: whole batches).  Statistics do not depend on it (see :func:`sample_view`).
     run_budget_mib: float = DEFAULT_RUN_BUDGET_MIB
+    #: also keep the model's own outputs (and the feeds) of the first batches holding this many samples: the
+    #: FP32 reference the output guard compares with, computed by this very run (at most KEEP_BUDGET_MIB)
+    keep_samples: int = 0
+
+
+#: the most MiB of feeds and outputs ``keep_samples`` keeps
+KEEP_BUDGET_MIB = 256.0
 
 
 def auto_stride(size: int, cap: int = AUTO_SAMPLE_CAP) -> int:
@@ -167,7 +174,8 @@ def _thread_out(top: gs.Graph, t: gs.Tensor, where: gs.Graph, parents, names: Na
     return cur, loops
 
 
-def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> tuple[gs.Graph, list[_Probe]]:
+def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig],
+                      keep_outputs: bool = False) -> tuple[gs.Graph, list[_Probe]]:
     """A copy of the graph whose outputs are the observed tensors (the model's own outputs are dropped, so
     onnxruntime runs only what the statistics need).  Tensors inside If/Loop/Scan bodies are threaded out
     through the enclosing nodes' outputs (:func:`_thread_out`)."""
@@ -215,8 +223,9 @@ def build_probe_graph(graph: gs.Graph, requests: dict[str, ObserverConfig]) -> t
         else:
             g.outputs.append(t)
             probes.append(_Probe(name, cfg, "expose", known_nonnegative(t), name))
-    if not g.outputs:  # only graph inputs observed: keep something to run
-        g.outputs = [g.tensors()[o.name] for o in graph.outputs]
+    if keep_outputs or not g.outputs:  # the model's outputs too (kept, or something to run)
+        have = {o.name for o in g.outputs}
+        g.outputs += [g.tensors()[o.name] for o in graph.outputs if o.name not in have]
     g.cleanup(remove_unused_graph_inputs=False)
     return g, probes
 
@@ -232,11 +241,16 @@ def _np_minmax(x: np.ndarray, axis: int | None, nonneg: bool = False) -> tuple[n
 
 def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibData, *,
             diagnostics: DiagnosticEngine | None = None, options: CollectOptions | None = None,
-            timings: dict[str, float] | None = None) -> dict[str, TensorStats]:
-    """One pass over ``data``; returns the statistics of every requested tensor."""
+            timings: dict[str, float] | None = None,
+            kept: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None) -> dict[str, TensorStats]:
+    """One pass over ``data``; returns the statistics of every requested tensor.  With ``options.keep_samples``
+    and a ``kept`` list, the (feeds, model outputs) of the first batches are appended to it."""
     opts = options or CollectOptions()
     t0 = time.perf_counter()
-    g, probes = build_probe_graph(graph, requests)
+    keep = opts.keep_samples if kept is not None else 0
+    g, probes = build_probe_graph(graph, requests, keep_outputs=keep > 0)
+    model_outs = [o.name for o in graph.outputs]
+    kept_rows = kept_bytes = 0
     sess = Session(g, opt_level=opts.opt_level, threads=opts.threads)
     t_build = time.perf_counter() - t0
     out_names = sess.output_names
@@ -255,6 +269,8 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
         for b in data.batches(graph, diagnostics, opts.batch_size):
             first, batch, n_batch = b.first, b.feeds, b.samples
             sliceable = can_slice and b.batch_axis
+            keeping = keep > 0 and kept_rows < keep
+            pieces: list[dict[str, np.ndarray]] = []
             s0 = 0
             while s0 < max(n_batch, 1):
                 # sliced: the very first run takes one sample, to learn the exposed bytes per sample
@@ -274,6 +290,8 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                                            hint="check that the data matches the model inputs") from None
                 tb = time.perf_counter()
                 t_run += tb - ta
+                if keeping:
+                    pieces.append({o: np.array(vals[index[o]].numpy()) for o in model_outs})
                 if sliceable and step is None and n:
                     per_sample = sum(v.numpy().nbytes for v in vals) / n
                     step = max(1, int(opts.run_budget_mib * (1 << 20) // max(per_sample, 1.0)))
@@ -297,6 +315,17 @@ def collect(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibDat
                 t_stats += time.perf_counter() - tb
                 samples += n
                 bar.update(n)
+            if keeping and pieces:
+                outs = {o: (np.concatenate([p[o] for p in pieces]) if len(pieces) > 1 else pieces[0][o])
+                        for o in model_outs}
+                size = sum(v.nbytes for v in outs.values()) + sum(np.asarray(v).nbytes for v in batch.values())
+                if kept_bytes + size <= KEEP_BUDGET_MIB * (1 << 20):
+                    assert kept is not None
+                    kept.append(({k: np.array(v) for k, v in batch.items()}, outs))
+                    kept_bytes += size
+                    kept_rows += max(n_batch, 1)
+                else:
+                    keep = 0  # over the budget: the guard runs FP32 itself
     finally:
         bar.close()
         sess.close()
@@ -367,7 +396,9 @@ def shard_plan(data: CalibData, graph: gs.Graph, workers: int, batch_size: int |
 
 def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: CalibData, executor: Any, *,
                     diagnostics: DiagnosticEngine | None = None, options: CollectOptions | None = None,
-                    timings: dict[str, float] | None = None) -> dict[str, TensorStats]:
+                    timings: dict[str, float] | None = None,
+                    kept: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None
+                    ) -> dict[str, TensorStats]:
     """:func:`collect` over contiguous shards of the samples, one task each on ``executor``, merged in shard
     order: min/max and histograms merge exactly, so the statistics (and the scales) are the ones one process gets.
     Falls back to one process (with a remark) when the data cannot say how many samples it holds or an
@@ -376,7 +407,7 @@ def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: 
 
     opts = options or CollectOptions()
     if executor is None or not executor.parallel:
-        return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings)
+        return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings, kept=kept)
     ranges, why = shard_plan(data, graph, executor.workers, opts.batch_size)
     if why is None and any(c.method == "moving_average" for c in requests.values()):
         why = "moving_average depends on the order of the batches"
@@ -386,7 +417,7 @@ def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: 
     if why is not None or ranges is None:
         if diagnostics is not None:
             diagnostics.remark("QC404", f"calibration runs in this process: {why}")
-        return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings)
+        return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings, kept=kept)
     data.check_signature(graph)
     data_ref = executor.put(data)
     t0 = time.perf_counter()

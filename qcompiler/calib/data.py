@@ -72,6 +72,16 @@ class CalibData:
         base = self.options.start
         return CalibData(self.source, replace(self.options, start=base + start, max_samples=stop - start))
 
+    def ranks(self) -> dict[str, int]:
+        """The rank of each named input array as stored (a batch or a feed), read from the first chunk when the
+        source does not know it without reading (an iterable is not consumed: it yields a new iterator)."""
+        shapes = self.source.shapes()
+        if shapes is not None:
+            return {k: len(v) for k, v in shapes.items()}
+        for chunk in self.source.chunks("feed", 1):
+            return {k: int(np.ndim(v)) for k, v in chunk.arrays.items()}
+        return {}
+
     def samples(self, graph: gs.Graph) -> int | None:
         """How many samples the batches for ``graph`` will hold, when the source knows without reading them
         (None otherwise: a Python iterable, a folder of .npz files, feeds taken as they are)."""

@@ -34,6 +34,9 @@ class CalibrationStats(State):
     key: str = ""
     samples: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: (feeds, model outputs) of the first calibration batches, when calibrate kept them: the FP32 reference the
+    #: output guard compares with, from the calibration run itself.  In memory only (never cached or saved)
+    outputs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list, repr=False)
 
     def range(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         st = self.tensors[name]

@@ -304,17 +304,24 @@ def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None =
     graph.qc_meta = meta
     name_unnamed_nodes(graph)
     if normalize:
+        from .shapes import reconcile_shapes
+
         unique_subgraph_names(graph)
+        reconcile_shapes(graph)  # declared shapes are hints (qcompiler/ir/shapes.py)
     return graph
 
 
-def normalize_graph(graph: gs.Graph) -> None:
+def normalize_graph(graph: gs.Graph) -> list[str]:
     """What ``import_model(normalize=True)`` does after import, for a graph loaded as the file is: constants
-    become initializers (qcompiler/ir/constants.py) and names inside subgraphs become unique model-wide."""
+    become initializers (qcompiler/ir/constants.py), names inside subgraphs become unique model-wide, and
+    declared shapes that inference contradicts are corrected (qcompiler/ir/shapes.py).  Returns one line per
+    corrected declaration."""
     from .constants import normalize_constants
+    from .shapes import reconcile_shapes
 
     normalize_constants(graph)
     unique_subgraph_names(graph)
+    return reconcile_shapes(graph)
 
 
 def unique_subgraph_names(graph: gs.Graph) -> int:

@@ -87,8 +87,9 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
     """Declared shapes are hints, not truth: exporters write wrong or empty output and value_info shapes (a rank-3
     output declared ``shape {}``).  Shapes are inferred from the inputs alone (declarations of outputs and
     intermediate tensors ignored); where an inference contradicts a declaration, the inferred shape replaces it,
-    and missing ones are filled in.  Returns one line per corrected declaration (graph inputs are never changed).
-    When inference fails, declarations stay as they are."""
+    missing ones are filled in, and when any declaration was wrong, those inference cannot check are dropped.
+    Returns one line per corrected declaration (graph inputs are never changed here: see
+    :func:`reconcile_inputs`).  When inference fails, declarations stay as they are."""
     model = strip_weights(export_model(graph))
     del model.graph.value_info[:]
     for o in model.graph.output:
@@ -103,11 +104,14 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
             info[vi.name] = _dims(vi)
     inputs = {id(t) for t in graph.inputs}
     changes = []
+    unconfirmed = []
     for name, t in graph.tensors().items():
-        if isinstance(t, gs.Constant) or id(t) in inputs or name not in info:
+        if isinstance(t, gs.Constant) or id(t) in inputs:
             continue
-        elem, dims = info[name]
+        elem, dims = info.get(name, (0, None))
         if dims is None:
+            if t.shape is not None:
+                unconfirmed.append(t)
             continue
         if t.shape is None:
             t.shape = dims
@@ -116,7 +120,68 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
             t.shape = dims
         if elem and t.dtype is None:
             t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    outs = {id(t) for t in graph.outputs}
+    lost = [t for t in unconfirmed if id(t) in outs and (changes or not t.shape)] + \
+        [t for t in graph.outputs if t.shape is None and not isinstance(t, gs.Constant)]
+    if lost:  # outputs ONNX inference cannot reach (a data-dependent Reshape): onnxruntime's own inference
+        ort_shapes = _ort_output_shapes(model)
+        for t in dict.fromkeys(lost):
+            got = ort_shapes.get(t.name)
+            if got is None or (t.shape is not None and len(t.shape) == len(got)):
+                continue
+            changes.append(f"'{t.name}' was declared {_fmt(t.shape) if t.shape is not None else 'without a shape'}, "
+                           f"onnxruntime infers {_fmt(got)}")
+            t.shape = got
+            if t in unconfirmed:
+                unconfirmed.remove(t)
+    if changes and unconfirmed:
+        # a file whose checkable declarations lie loses the ones inference cannot check (onnxruntime infers them
+        # itself; a wrong one stops it from loading the model); a file whose declarations hold keeps them all
+        for t in unconfirmed:
+            t.shape = None
+        changes.append(f"{len(unconfirmed)} more declaration(s) of this file that inference cannot check were "
+                       "dropped")
     return changes
+
+
+def _ort_output_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """The output shapes onnxruntime infers for ``model`` (weights stripped: nothing is run), declarations of
+    the outputs removed; {} when it cannot load the model."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for o in m.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception:
+        return {}
+    out = {}
+    for k, o in enumerate(sess.get_outputs()):
+        if o.shape is not None:
+            out[o.name] = [d if isinstance(d, int) else (d or f"{o.name}_dim{i}") for i, d in enumerate(o.shape)]
+    return out
+
+
+def reconcile_inputs(graph: gs.Graph, ranks: dict[str, int]) -> list[str]:
+    """Graph inputs declared without a shape, or ``shape {}`` (rank 0) while the data has rank ``ranks[name]``
+    > 0, get that rank with symbolic dims (the data decides; a rank-0 declaration of an image is a lie that no
+    consumer could run).  Returns one line per corrected input."""
+    out = []
+    for t in graph.inputs:
+        r = ranks.get(t.name)
+        if r is None or r == 0 or (t.shape is not None and len(t.shape) == r):
+            continue
+        if t.shape is not None and len(t.shape) > 0:
+            continue  # another rank, declared explicitly: the data is checked against it and refused if it differs
+        before = "without a shape" if t.shape is None else "shape {}"
+        t.shape = [f"{t.name}_dim{i}" for i in range(r)]
+        out.append(f"input '{t.name}' was declared {before}; the data has rank {r}: now {_fmt(t.shape)}")
+    return out
 
 
 def _less_known(old, new) -> bool:

@@ -92,6 +92,11 @@ def checker_problems(graph: gs.Graph, *, full_check: bool = False) -> list[Probl
         # working directory): check the structure with weights stripped (the checker never needs values).
         model = strip_weights(model)
     _zero_external(model.graph)
+    # a graph input or output declared without a shape runs in onnxruntime; the checker wants the field.  Declared
+    # shapes are hints (qcompiler/ir/shapes.py): the checker sees an unknown-rank placeholder, not an error
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.shape.SetInParent()
     try:
         onnx.checker.check_model(model, full_check=full_check)
     except onnx.checker.ValidationError as exc:

@@ -20,7 +20,7 @@ the rows of ``X`` for that view.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -300,6 +300,7 @@ class GPTQReport(State):
     fact = "gptq-report"
     layers: dict[str, tuple[float, float]]
     seconds: float
+    wider: list[str] = field(default_factory=list)  # layers given 8-bit weights by the fallback
 
 
 def _objective(W: np.ndarray, Q: np.ndarray, H: np.ndarray) -> float:
@@ -307,16 +308,32 @@ def _objective(W: np.ndarray, Q: np.ndarray, H: np.ndarray) -> float:
     return float(np.einsum("ik,kl,il->", D, H, D)) / 2.0
 
 
-def _solve_layer(task: tuple) -> tuple[np.ndarray, QParams, float, float, bool]:
+def _solve_layer(task: tuple) -> tuple[np.ndarray, QParams, float, float, bool, float]:
     """GPTQ one layer (pure: a Ray task or a local call): its rounded weight, grid, objectives (round-to-nearest,
-    GPTQ) and whether the grid is new."""
-    W, geo, qp, spec, Hs, Cs, new_grid, asym, block, damp, act_order = task
+    GPTQ), whether the grid is new, and the layer's output energy on the same scale (``W H W^T / 2``).  With a
+    ``fallback_db`` and a weight of fewer than 8 bits, a layer whose GPTQ output SQNR (energy over objective) stays
+    below it is solved again with 8-bit weights on the same granularity."""
+    W, geo, qp, spec, Hs, Cs, new_grid, asym, block, damp, act_order, fallback_db = task
     W = W.astype(np.float64)
     if asym and Cs is not None:
         # the weight that maps the quantized input to the FP32 output, on a grid sized for it
         W = from_matrix([asymmetric_target(wm, H, C, damp) for wm, H, C in zip(matrix_view(W, geo), Hs, Cs)], geo)
         qp = weight_qparams(W, spec, qp.axis)
         new_grid = True
+    mats = matrix_view(W, geo)
+    signal = float(sum(_objective(wm, np.zeros_like(wm), H) for wm, H in zip(mats, Hs)))
+    Wq, e_rtn, e_gptq = _round_layer(W, geo, qp, Hs, block, damp, act_order)
+    if fallback_db > 0 and spec.width < 8 and not spec.fp8 and e_gptq > 0 and \
+            10 * np.log10(max(signal, 1e-300) / e_gptq) < fallback_db:
+        spec8 = replace(spec, dtype="s8")
+        qp = weight_qparams(W, spec8, qp.axis)
+        Wq, e_rtn, e_gptq = _round_layer(W, geo, qp, Hs, block, damp, act_order)
+        new_grid = True
+    return Wq, qp, e_rtn, e_gptq, new_grid, signal
+
+
+def _round_layer(W: np.ndarray, geo, qp: QParams, Hs, block: int, damp: float, act_order: bool) \
+        -> tuple[np.ndarray, float, float]:
     s_full, z_full = expand_scale(qp, W.shape)
     s_mats = matrix_view(np.broadcast_to(s_full, W.shape).astype(np.float64), geo)
     z_mats = matrix_view(np.broadcast_to(z_full, W.shape).astype(np.float64), geo)
@@ -329,18 +346,18 @@ def _solve_layer(task: tuple) -> tuple[np.ndarray, QParams, float, float, bool]:
         out_mats.append(qg if eg < er else qr)  # never worse than round-to-nearest on the objective
         e_rtn += er
         e_gptq += min(eg, er)
-    return from_matrix(out_mats, geo), qp, e_rtn, e_gptq, new_grid
+    return from_matrix(out_mats, geo), e_rtn, e_gptq
 
 
-def _solve_task(it: dict, *, block: int, damp: float, act_order: bool, asym: bool) -> tuple:
+def _solve_task(it: dict, *, block: int, damp: float, act_order: bool, asym: bool, fallback_db: float = 0.0) -> tuple:
     return (it["W"], it["geo"], it["qp"], it["spec"], it["H"], it.get("C"), it["new_grid"], asym, block, damp,
-            act_order)
+            act_order, fallback_db)
 
 
 def _write_layer(it: dict, solved: tuple, names: Namer, record: QuantizationRecord, report: dict,
                  state: dict) -> None:
     """Write a solved layer's integers (and its new grid) into its DequantizeLinear."""
-    Wq, qp, e_rtn, e_gptq, new_grid = solved
+    Wq, qp, e_rtn, e_gptq, new_grid, signal = solved
     ints = quantize_weight(Wq, qp)
     dq: gs.Node = it["dq"]
     dq.inputs[0] = gs.Constant(names(it["node"].name + "_w_gptq"), ints)
@@ -355,13 +372,15 @@ def _write_layer(it: dict, solved: tuple, names: Namer, record: QuantizationReco
             state["need_opset"] = max(state["need_opset"], 21)
         record.emitted.weight_qparams[it["node"].name] = qp
     report[it["node"].name] = (e_rtn, e_gptq)
+    it["signal"], it["bits"] = signal, int(qp.spec.width)
     it["H"] = it["C"] = None  # free as we go
 
 
 def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, data, *, bits: int = 0,
              block_size: int = 0, act_order: bool = True, damp: float = 0.01, block: int = 128,
              max_samples: int = 128, threads: int | None = None, progress: str = "off",
-             diagnostics=None, inputs: str = "quantized", executor: Any = None) -> GPTQReport:
+             diagnostics=None, inputs: str = "quantized", executor: Any = None,
+             fallback_db: float = 0.0) -> GPTQReport:
     """Re-round the weights of ``qdq`` in place (see the module docstring).  With a parallel ``executor`` the
     layers' solves run as tasks (the same numpy code, so the same integers)."""
     t0 = time.perf_counter()
@@ -409,14 +428,23 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
         collect_hessians(reference, batch, data, max_samples=max_samples, threads=threads,
                          quantized=qdq if inputs in ("quantized", "sequential") else None)
 
-    kw: dict[str, Any] = {"block": block, "damp": damp, "act_order": act_order, "asym": inputs == "sequential"}
+    kw: dict[str, Any] = {"block": block, "damp": damp, "act_order": act_order, "asym": inputs == "sequential",
+                          "fallback_db": fallback_db}
 
     def done(it: dict) -> None:
         er, eg = report[it["node"].name]
+        db = 10 * np.log10(max(it["signal"], 1e-300) / eg) if eg > 0 else float("inf")
+        if it["bits"] != int(it["spec"].width):
+            fallbacks.append(it["node"].name)
         if diagnostics is not None:
             diagnostics.remark("QC603", f"gptq {it['node'].name}: objective {er:.4g} (round-to-nearest) -> "
-                                        f"{eg:.4g}", node=it["node"].name, pass_name="gptq")
+                                        f"{eg:.4g}, output SQNR {db:.1f} dB"
+                                        + (f", {it['bits']}-bit weights (below {fallback_db:g} dB at "
+                                           f"{int(it['spec'].width)} bits)" if it["bits"] != int(it["spec"].width)
+                                           else ""),
+                               node=it["node"].name, pass_name="gptq")
 
+    fallbacks: list[str] = []
     solved = None
     if executor is not None and executor.parallel and inputs != "sequential" and len(items) > 1:
         solved = _solve_on(executor, items, reference, qdq if inputs == "quantized" else None, data,
@@ -450,7 +478,7 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
 
         upgrade_opset(qdq, need_opset)
     qdq.cleanup(remove_unused_graph_inputs=False)
-    return GPTQReport(report, time.perf_counter() - t0)
+    return GPTQReport(report, time.perf_counter() - t0, fallbacks)
 
 
 

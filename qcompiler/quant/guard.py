@@ -1,10 +1,10 @@
-"""The accuracy guard: find the few activation tensors int8 cannot carry and repair them, within a budget.
+"""The accuracy guard: find the few activation tensors int8 cannot carry and repair them, within a budget, fast.
 
-After ``insert-qdq`` the quantized model is compared with the FP32 one on a few calibration samples.  Each
-output is judged by the parts the user consumes: an output made by a ``Concat`` (a detector's boxes beside its
-class scores) is judged part by part (each by the lower of its SQNR over all samples and its mean per-sample
-SQNR), so scores cannot hide behind pixel coordinates.  When every part is at or
-above ``sqnr`` dB the model is healthy and nothing changes (the common case: one FP32 and one quantized run).
+After ``insert-qdq`` the quantized model is compared with the FP32 one on a few calibration samples, output part
+by output part, each by what its user consumes (qcompiler/quant/judge.py: SQNR for values, decision disagreement
+for probabilities, top-class changes for class distributions, F1 of the decoded detections for a raw detection
+head, matched rows for end-to-end detectors), as a health in dB.  When every part is at or above the threshold the
+model is healthy and nothing changes: one FP32 and one quantized run over ``samples`` samples.
 
 Otherwise every quantization point (an activation tensor, or the tensors sharing one scale) gets switches in one
 onnxruntime session: its DequantizeLinear output is replaced by
@@ -12,27 +12,24 @@ onnxruntime session: its DequantizeLinear output is replaced by
     x + m * ((DQ(Q(x)) + sum_j a_j * (DQ_j(Q_j(x)) - DQ(Q(x)))) - x)
 
 where ``m`` (input ``qc_guard_mask``) returns the point to float and each ``a_j`` (input ``qc_guard_alt``)
-swaps in another range computed from the same statistics (min_max, percentile, mse: the observer that suits the
-tensor), so every remedy of every point can be tried without another session.  Two remedies per point:
+swaps in another range computed from the same statistics (min_max, percentile, mse), so every remedy of every
+point can be tried without another session.  The search runs on the ``search_samples`` samples that fared worst,
+within ``runs`` sample-runs (by default as many as calibration used: the guard costs about what calibration did):
 
-* another range: free (no float compute), tried first when it helps;
-* float: the weighted layers reading the point go float too, which costs their MACs.
-
-A scan on ``scan_samples`` samples quantizes each point alone (everything else float): what it costs on the
-worst output part on its own, and what each of its other ranges gains there.  In isolation, so that points that
-only hurt together (a huge activation that ruins the next layers' ranges too) are still seen.  Then:
-
-1. the best other range of every point where it helps on its own, checked together (free);
-2. float, most damage per MAC first (a floor of 0.5 % of the MACs), one more point per step, each prefix
-   checked on the evaluation samples, within ``budget`` (a fraction of the quantized layers' MACs, counted at
-   the evaluation inputs' shapes) and ``max_steps`` checks, until every part is ``margin`` dB above the
-   threshold; the best prefix is kept.
+1. *who*: group testing.  The error of the failing parts adds up, to first order, over independent noise sources,
+   so "only this group quantized" measures the group's share (beyond the weights' own error, measured once with
+   every activation float).  Starting from all points (in graph order), the group with the largest share is
+   split in two: the first half is run, the second half's share is the rest, and a half with at least ``tau`` of
+   the total goes on, down to single points (the culprits).  ``k`` culprits among ``n`` points cost about
+   ``k log2(n / k)`` runs, not ``n``.
+2. *another range*, free: each culprit alone with each of its other ranges; the ranges that lower its share are
+   checked together on the judge samples and kept when the worst part improves.
+3. *float*, most share per MAC first (a floor of 0.5 % of the MACs), prefix by prefix, each prefix checked on the
+   judge samples, within ``budget`` (a fraction of the quantized layers' MACs) and ``max_steps`` checks, until
+   every part is ``margin`` dB above the threshold; the best prefix is kept.
 
 Weights are not searched (they are per-channel); a weighted layer whose input returns to float returns to
-float entirely.
-
-Cost: healthy models pay two runs on ``samples`` samples; unhealthy ones a scan of ``remedies x scan_samples``
-sample-runs and a few checks, all in one session.
+float entirely.  Everything is decided from counts, never from time, so the result is deterministic.
 """
 
 from __future__ import annotations
@@ -47,10 +44,11 @@ from ..diagnostics import CalibrationError, DiagnosticEngine
 from ..ir.edit import Namer, replace_all_uses
 from ..ir.io import copy_graph, iter_graphs
 from ..ir.layers import LayerGeometry, LayerKind
-from ..ir.query import const_value, producer, rank
+from ..ir.query import const_value, producer
 from ..ir.runtime import Session
 from ..ir.shapes import infer_shapes
 from .emit import QParams, activation_qparams
+from .judge import Judge, output_parts
 from .plan import Plan
 
 GUARD_INPUT = "qc_guard_mask"
@@ -65,7 +63,7 @@ class Alternative:
     method: str
     qparams: QParams
     index: int = -1
-    gain: float = 0.0  # what this range gains over the current one, the point quantized alone (dB)
+    gain: float = 0.0  # the share of the error this range removes, the point quantized alone
 
 
 @dataclass
@@ -77,7 +75,7 @@ class Point:
     layers: list[str]
     macs: float
     index: int = -1
-    gain: float = 0.0  # what it costs quantized alone, everything else float (dB of the worst output part)
+    gain: float = 0.0  # its share of the failing parts' error (1: all of one part's), quantized alone
     alternatives: list[Alternative] = field(default_factory=list)
 
 
@@ -103,87 +101,9 @@ class GuardResult:
     evaluations: int = 0
     note: str = ""
     points: list[Point] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------------------------
-# outputs, judged by part
-# --------------------------------------------------------------------------------------------
-
-
-def output_parts(reference: gs.Graph) -> dict[str, list[tuple[str, int, int, int]]]:
-    """output -> [(part name, axis, start, stop)]: an output produced by a Concat with static part sizes is
-    judged per concatenated input (boxes and scores apart); any other output is one part."""
-    out: dict[str, list[tuple[str, int, int, int]]] = {}
-    if not any(getattr(producer(o), "op", None) == "Concat" for o in reference.outputs):
-        return {o.name: [(o.name, 0, 0, -1)] for o in reference.outputs}
-    g = copy_graph(reference)
-    infer_shapes(g)
-    for o in g.outputs:
-        p = producer(o)
-        parts = [(o.name, 0, 0, -1)]
-        r = rank(o)
-        if p is not None and p.op == "Concat" and len(p.inputs) > 1 and r is not None:
-            axis = int(p.attrs.get("axis", 0)) % r
-            sizes = []
-            for i in p.inputs:
-                shp = i.shape
-                d = shp[axis] if shp is not None and len(shp) > axis else None
-                sizes.append(int(d) if isinstance(d, (int, np.integer)) and d > 0 else None)
-            if axis > 0 and all(s is not None for s in sizes):
-                parts, start = [], 0
-                for s in sizes:
-                    assert s is not None
-                    parts.append((f"{o.name}[{start}:{start + s}]", axis, start, start + s))
-                    start += s
-        out[o.name] = parts
-    return out
-
-
-class Judge:
-    """SQNR of every output part against the FP32 outputs on the evaluation feeds: per sample, averaged in dB, so
-    a few samples with large outputs (a rare huge activation) cannot hide what happens to all the others."""
-
-    def __init__(self, parts: dict[str, list[tuple[str, int, int, int]]], ref: list[dict[str, np.ndarray]]):
-        self.parts = parts
-        self.ref = ref
-
-    @staticmethod
-    def _slice(x: np.ndarray, axis: int, a: int, b: int) -> np.ndarray:
-        if b < 0 or x.ndim <= axis:
-            return x
-        idx = [slice(None)] * x.ndim
-        idx[axis] = slice(a, b)
-        return x[tuple(idx)]
-
-    @staticmethod
-    def _per_sample(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)
-
-    def sqnr(self, got: list[dict[str, np.ndarray]], limit: int | None = None) -> dict[str, float]:
-        """Per part: the lower of the SQNR over all samples (rare large outputs weigh most) and the mean of the
-        per-sample SQNRs in dB (every sample weighs the same): a failure of either kind shows."""
-        vals: dict[str, list[float]] = {}
-        tot_sig: dict[str, float] = {}
-        tot_noise: dict[str, float] = {}
-        for r, g in list(zip(self.ref, got))[:limit]:
-            for o, ps in self.parts.items():
-                for name, ax, a, b in ps:
-                    x = self._per_sample(self._slice(r[o], ax, a, b))
-                    y = self._per_sample(self._slice(g[o], ax, a, b))
-                    sig = np.sum(x ** 2, axis=1)
-                    noise = np.sum((x - y) ** 2, axis=1)
-                    tot_sig[name] = tot_sig.get(name, 0.0) + float(sig.sum())
-                    tot_noise[name] = tot_noise.get(name, 0.0) + float(noise.sum())
-                    keep = sig > 0
-                    db = 10 * np.log10(sig[keep] / np.maximum(noise[keep], sig[keep] * 1e-20))
-                    vals.setdefault(name, []).extend(np.clip(db, -50.0, 200.0).tolist())
-        out = {}
-        for name, v in vals.items():
-            s, n = tot_sig[name], tot_noise[name]
-            whole = 200.0 if n <= 0 else (-50.0 if s <= 0 else min(200.0, float(10 * np.log10(s / n))))
-            out[name] = min(whole, float(np.mean(v)) if v else 200.0)
-        return out
+    runs: int = 0  # sample-runs of the quantized or FP32 model the guard made
+    forms: dict[str, str] = field(default_factory=dict)  # part -> its form (qcompiler/quant/judge.py)
+    culprits: list[str] = field(default_factory=list)  # the points the search found, largest share first
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +160,7 @@ def points_of(qdq: gs.Graph, plan: Plan, macs: dict[str, float], range_of: Range
                 layer_inputs.setdefault(a.tensor, []).append(consumer)
     seen: set[str] = set()
     points = []
-    for t in sorted(qs):
+    for t in qs:  # graph order: the search's halves are regions of the graph
         if t in seen:
             continue
         group = [x for x in plan.group_of(t) if x in qs] or [t]
@@ -379,6 +299,11 @@ def _feeds(data, graph: gs.Graph, n: int) -> list[dict[str, np.ndarray]]:
     return [{k: np.ascontiguousarray(v) for k, v in b.feeds.items()} for b in data.limited(n).batches(graph, None)]
 
 
+def _rows(feed: dict[str, np.ndarray]) -> int:
+    """Samples in one feed: the largest leading dim of its inputs (1 for scalars)."""
+    return max((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v) > 0), default=1)
+
+
 def _run(sess: Session, feeds: list[dict[str, np.ndarray]], extra: dict[str, np.ndarray] | None = None,
          limit: int | None = None) -> list[dict[str, np.ndarray]]:
     return [sess.run_dict({**{k: v for k, v in f.items() if k in sess.input_names}, **(extra or {})})
@@ -421,23 +346,42 @@ def _reference_run(reference: gs.Graph, feeds, threads: int | None, with_shapes:
 
 
 def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: float = 20.0, budget: float = 0.02,
-              samples: int = 16, scan_samples: int = 4, max_steps: int = 8, margin: float = 5.0,
-              range_of: RangeOf | None = None, diagnostics: DiagnosticEngine | None = None,
-              threads: int | None = None) -> GuardResult:
-    """Decide which points get which remedy (see the module docstring); the graph is not changed here."""
-    feeds = _feeds(data, reference, samples)
+              samples: int = 4, search_samples: int = 1, runs: int = 32, max_steps: int = 6, margin: float = 2.0,
+              tau: float = 0.05, range_of: RangeOf | None = None, diagnostics: DiagnosticEngine | None = None,
+              threads: int | None = None,
+              kept: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None) -> GuardResult:
+    """Decide which points get which remedy (module docstring); the graph is not changed here.  ``sqnr`` is the
+    health threshold (dB) of every part; ``runs`` bounds the search's runs.  ``kept``: (feeds, FP32 outputs)
+    calibration kept from its own run; when they hold ``samples`` samples, the FP32 model is not run again."""
     parts = output_parts(reference)
-    # the healthy case first, and cheaply: one FP32 run and one run of the quantized graph as it is
-    ref, _ = _reference_run(reference, feeds, threads)
+    forms = {p.name: p.form for p in parts}
+    # the healthy case first, and cheaply: the FP32 outputs calibration kept (or one FP32 run) and one run of the
+    # quantized graph as it is
+    used = 0
+    names = [o.name for o in reference.outputs]
+    feeds: list[dict[str, np.ndarray]] = []
+    ref: list[dict[str, np.ndarray]] = []
+    if kept and sum(_rows(f) for f, _ in kept) >= samples:
+        for f, o in kept:
+            if sum(_rows(x) for x in feeds) >= samples:
+                break
+            feeds.append(f)
+            ref.append({k: o[k] for k in names})
+    else:
+        feeds = _feeds(data, reference, samples)
+        ref, _ = _reference_run(reference, feeds, threads)
+        used += len(feeds)
     judge = Judge(parts, ref)
     q_sess = Session(qdq, opt_level="basic", threads=threads)
     try:
-        before = judge.sqnr(_run(q_sess, feeds))
+        q_out = _run(q_sess, feeds)
     finally:
         q_sess.close()
+    before = judge.health(q_out)
     worst0 = min(before.values())
+    used += len(feeds)
     if worst0 >= sqnr:
-        return GuardResult(True, worst0, worst0, before, before, evaluations=1)
+        return GuardResult(True, worst0, worst0, before, before, evaluations=1, runs=used, forms=forms)
     shapes = _reference_run(reference, feeds[:1], threads, with_shapes=True)[1]
     macs = layer_macs(reference, shapes)
     ranges: dict[str, tuple[float, float]] = {}
@@ -449,89 +393,125 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
     points = points_of(qdq, plan, macs, range_of, ranges)
     total = float(sum(macs.get(w.node, 0.0) for w in plan.weights)) or 1.0
     if not points:
-        return GuardResult(False, worst0, worst0, before, before, evaluations=1,
+        return GuardResult(False, worst0, worst0, before, before, evaluations=1, runs=used, forms=forms,
                            note="no activation quantization point to repair")
-    scan_feeds = _feeds(data, reference, max(1, min(scan_samples, samples)))
-    scan_judge = Judge(parts, _reference_run(reference, scan_feeds, threads)[0])
+    failing = [p for p, v in before.items() if v < sqnr + margin]
+    per_feed = judge.per_feed_health(q_out)
+    search = sorted(sorted(range(len(feeds)), key=lambda k: (per_feed[k], k))[:max(1, search_samples)])
     n_alt = sum(len(p.alternatives) for p in points)
     sess = Session(switchable(qdq, points), opt_level="basic", threads=threads)
     evaluations = 1
+    everything = {p.index for p in points}
     try:
-        def evaluate(floated: set[int], alts: set[int], scan: bool = False) -> dict[str, float]:
-            nonlocal evaluations
+        def run_with(floated: set[int], alts: set[int], on: list[int]) -> dict[str, tuple[float, float]]:
+            nonlocal evaluations, used
             evaluations += 1
+            used += len(on)
             m = np.ones(len(points), np.float32)
             m[list(floated)] = 0.0
             a = np.zeros(max(n_alt, 1), np.float32)
             a[list(alts)] = 1.0
-            extra = {GUARD_INPUT: m, GUARD_ALT: a}
-            if scan:
-                return scan_judge.sqnr(_run(sess, scan_feeds, extra))
-            return judge.sqnr(_run(sess, feeds, extra))
+            return judge.measure(_run(sess, [feeds[k] for k in on], {GUARD_INPUT: m, GUARD_ALT: a}), on)
 
-        # the scan, on a few samples: each point quantized alone (everything else float), as it is and with each
-        # other range.  In isolation, so that points that only hurt together are still seen.
-        every = {p.index for p in points}
-        clean = min(evaluate(every, set(), scan=True).values())
-        for p in points:
-            alone = min(evaluate(every - {p.index}, set(), scan=True).values())
-            p.gain = clean - alone  # what this point costs on its own (dB)
-            for alt in p.alternatives:
-                alt.gain = min(evaluate(every - {p.index}, {alt.index}, scan=True).values()) - alone
+        base = run_with(set(), set(), search)
+        # the weights stay quantized whatever the switches say: their error is the floor every share stands on
+        floor_err = run_with(everything, set(), search)
+        scale = {p: max(base[p][1] - floor_err[p][1], 1e-30) for p in failing}
+
+        def share(quantized: set[int], alts: set[int] | None = None) -> float:
+            """What ``quantized`` points (alone, the others float) add to the failing parts' error beyond the
+            weights', in units of what all of them add."""
+            r = run_with(everything - quantized, alts or set(), search)
+            return float(sum((r[p][1] - floor_err[p][1]) / scale[p] for p in failing))
+
+        start = used  # the budget is the search's: the healthy check above is not counted
+
+        def left() -> int:
+            return runs - (used - start)
+
+        # 1. who: group testing on the points in graph order.  Of a group's two halves only the first is run;
+        # the second's share is the rest (shares add up to first order), so each level costs one run.
+        total_share = float(len(failing))
+        stack: list[tuple[float, list[Point]]] = [(total_share, list(points))]
+        culprits: list[tuple[Point, float]] = []
+        while stack and left() >= len(search):
+            stack.sort(key=lambda e: (e[0], -e[1][0].index))
+            s_g, group = stack.pop()
+            if len(group) == 1:
+                culprits.append((group[0], s_g))
+                continue
+            half = len(group) // 2
+            s1 = share({p.index for p in group[:half]})
+            for sub, s in ((group[:half], s1), (group[half:], s_g - s1)):
+                if s >= tau * total_share:
+                    stack.append((s, sub))
+        culprits += [(g[0], s) for s, g in stack if len(g) == 1]  # singles the budget left on the stack
+        culprits.sort(key=lambda e: (-e[1], e[0].index))
+        for p, s in culprits:
+            p.gain = s
         goal = sqnr + margin
         decisions: list[Decision] = []
         current, worst = before, worst0
-        steps = 0
-        # 1. other ranges, free: the best of each point that helps on its own, checked together
+
+        def check(floated: set[int], alts: set[int]) -> dict[str, float]:
+            r = run_with(floated, alts, list(range(len(feeds))))
+            return {k: v[0] for k, v in r.items()}
+
+        # 2. another range, free: each culprit alone with each of its other ranges
+        picks: list[tuple[Point, Alternative]] = []
+        for p, s in culprits:
+            best: tuple[float, Alternative | None] = (s, None)
+            for alt in p.alternatives:
+                if left() < len(search) + len(feeds):
+                    break
+                s_alt = share({p.index}, {alt.index})
+                alt.gain = s - s_alt
+                if s_alt < best[0] - 0.1 * s:
+                    best = (s_alt, alt)
+            if best[1] is not None:
+                picks.append((p, best[1]))
         alts: set[int] = set()
-        picks = []
-        for p in points:
-            best = max(p.alternatives, key=lambda a: a.gain, default=None)
-            if best is not None and best.gain > 0.5:
-                picks.append((p, best))
+        chosen_alt: set[int] = set()
+        steps = 0
         if picks:
-            trial = evaluate(set(), {a.index for _, a in picks})
+            trial = check(set(), {a.index for _, a in picks})
             steps += 1
             w = min(trial.values())
             if w > worst + 0.05:
                 alts = {a.index for _, a in picks}
-                for p, a in sorted(picks, key=lambda pa: -pa[1].gain):
+                chosen_alt = {p.index for p, _ in picks}
+                for p, a in picks:
                     decisions.append(Decision(p.tensors, f"range={a.method}", [], 0.0, worst, w))
                 current, worst = trial, w
-            else:
-                picks = []
-        chosen_alt = {p.index for p, _ in picks}
-        # 2. float, most damage per MAC first (a floor of 0.5 % of the MACs), prefix by prefix within the budget;
-        # the best prefix wins (points that only hurt together are floated together)
+        # 3. float, most share per MAC first, prefix by prefix within the budget; the best prefix wins
         floor = 5e-3 * total
-        order = sorted((p for p in points if p.gain > 0.1 and p.index not in chosen_alt and p.macs <= budget * total),
+        order = sorted((p for p, s in culprits if p.index not in chosen_alt and p.macs <= budget * total),
                        key=lambda p: (-p.gain / (p.macs + floor), p.index))
         floated: list[Point] = []
-        used = 0.0
+        spent = 0.0
         best_prefix: tuple[float, int, dict[str, float]] = (worst, 0, current)
         for p in order:
             if steps >= max_steps or best_prefix[0] >= goal:
                 break
-            if used + p.macs > budget * total:
+            if spent + p.macs > budget * total:
                 continue
             floated.append(p)
-            used += p.macs
-            trial = evaluate({q.index for q in floated}, alts)
+            spent += p.macs
+            trial = check({q.index for q in floated}, alts)
             steps += 1
             w = min(trial.values())
             if w > best_prefix[0] + 0.05:
                 best_prefix = (w, len(floated), trial)
-        kept = floated[:best_prefix[1]]
-        for p in kept:
+        chosen = floated[:best_prefix[1]]
+        for p in chosen:
             decisions.append(Decision(p.tensors, "float", p.layers, p.macs / total, worst, best_prefix[0]))
-        if kept:
+        if chosen:
             current, worst = best_prefix[2], best_prefix[0]
-        used = sum(p.macs for p in kept)
-        return GuardResult(False, worst0, worst, before, current, decisions, used / total, evaluations,
-                           points=points)
+        frac = sum(p.macs for p in chosen) / total
+        return GuardResult(False, worst0, worst, before, current, decisions, frac, evaluations, points=points,
+                           runs=used, forms=forms, culprits=[p.tensors[0] for p, _ in culprits])
     finally:
         sess.close()
-
 
 def apply_decisions(graph: gs.Graph, reference: gs.Graph, result: GuardResult, plan: Plan) -> None:
     """Carry out the decisions on the quantized ``graph`` in place: float points read the float tensor again and
@@ -590,7 +570,8 @@ def apply_float(graph: gs.Graph, reference: gs.Graph, tensors: set[str], layers:
 def summary(result: GuardResult) -> dict[str, Any]:
     return {"healthy_before": result.healthy_before, "worst_before_db": round(result.worst_before, 2),
             "worst_after_db": round(result.worst_after, 2), "float_macs_fraction": result.float_macs_fraction,
-            "evaluations": result.evaluations,
+            "evaluations": result.evaluations, "runs": result.runs, "forms": dict(result.forms),
+            "culprits": list(result.culprits),
             "parts_before_db": {k: round(v, 2) for k, v in result.parts_before.items()},
             "parts_after_db": {k: round(v, 2) for k, v in result.parts_after.items()},
             "decisions": [{"tensors": d.tensors, "remedy": d.remedy, "layers": d.layers,

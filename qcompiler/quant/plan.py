@@ -11,6 +11,8 @@ The planner knows no target by name: it runs the steps a target lists in ``Targe
   the recipe, the target's small-layer rule (P9) or a non-constant weight says;
 * ``io-ops``: ops in ``io_quantized_ops`` get their inputs quantized, and every quantized op its outputs
   (after ``fused_activations``), so DQ -> op -> Q groups form (onnxruntime's integer kernels);
+* ``recurrent``: ops in ``recurrent_ops`` (LSTM, GRU, RNN) get their input X quantized per tensor and their
+  constant W and R weights (``[directions, gates * hidden, inputs]``) per gate row, axis 1;
 * ``pooling``: ops in ``pooling_ops`` get their input quantized when a quantized layer follows (P5);
 * ``residual``: the skip input of a residual Add is quantized, never the conv branch (P4);
 * ``concat-groups``: Concat inputs and output (and the input/output of ``same_scale_ops``) share a scale (P7).
@@ -347,6 +349,29 @@ class _Planner:
                 self.request(n.inputs[0], n, 0, cfg.activation, "P1")
             self.weighted.add(n.name)
 
+    def recurrent(self) -> None:
+        for n in self.g.nodes:
+            if n.op not in self.target.recurrent_ops or len(n.inputs) < 3:
+                continue
+            cfg = self.recipe.resolve(n)
+            if cfg.is_float:
+                self.note_float(n, "the recipe says float")
+                continue
+            srcs = [const_source(n.inputs[k]) for k in (1, 2)]
+            if any(s is None or _kind(s.dtype) != "f" or len(s.shape) != 3 for s in srcs):
+                self.note_float(n, "its W and R weights are not float constants of rank 3")
+                continue
+            if cfg.weight is not None:
+                spec = cfg.weight
+                if spec.per_block:
+                    self.note_float(n, "blocked weights are for MatMul/Gemm only", rule="R16")
+                    continue
+                for k, src in zip((1, 2), srcs):
+                    assert src is not None
+                    self.plan.weights.append(WeightPoint(n.name, k, src.name, spec, 1 if spec.per_channel else None))
+            if cfg.activation is not None:
+                self.request(n.inputs[0], n, 0, cfg.activation, "P1")
+
     def pooling(self) -> None:
         if not self.recipe.option("quantize_pooling", True):
             return
@@ -467,8 +492,8 @@ class _Planner:
 
 
 #: placement step name (used in Target.placement) -> planner method
-STEPS = {"weighted": "weighted_ops", "io-ops": "io_ops", "pooling": "pooling", "residual": "residuals",
-         "concat-groups": "concat_groups"}
+STEPS = {"weighted": "weighted_ops", "recurrent": "recurrent", "io-ops": "io_ops", "pooling": "pooling",
+         "residual": "residuals", "concat-groups": "concat_groups"}
 
 
 def make_plan(graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None = None) -> Plan:

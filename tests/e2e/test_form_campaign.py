@@ -30,6 +30,7 @@ import pytest
 from qcompiler.diagnostics import Severity
 from qcompiler.ir import import_model
 from qcompiler.ir.query import op_histogram
+from qcompiler.ir.shapes import reconcile_inputs, reconcile_shapes
 from qcompiler.pm import PassContext, default_registry, run_pipeline
 from qcompiler.pm.pipeline import PassSpec, PipelineSpec, expand, print_pipeline
 from qcompiler.quant.lint import lint_model
@@ -38,7 +39,9 @@ from qcompiler.testing import assert_outputs_close, run
 from .test_fuzz import MUTATIONS, mutate, run_case
 
 FORMS = ("initializers", "constant-nodes", "identity", "identity-constant", "inputs", "opset-11", "opset-13",
-         "opset-17", "opset-21", "symbolic-batch", "external-data")
+         "opset-17", "opset-21", "symbolic-batch", "external-data", "outputs-rank0", "outputs-wrong-rank",
+         "outputs-wrong-dims", "outputs-no-shape", "value-info-rank0", "value-info-wrong-rank", "input-rank0",
+         "input-no-shape")
 PIPELINES = ("tidy", "fp32-prep", "trt-int8", "trt-fp8", "ort-int8")
 QUANTIZING = {"trt-int8", "trt-fp8", "ort-int8"}
 SMALL = ("resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer", "decoder")
@@ -145,6 +148,8 @@ def check_success(case: Case, src: Path, out: Path, pipeline: str, *, exact: boo
             problems.append(f"onnxruntime cannot run the output: {str(exc)[:200]}")
     head = fp32_part(pipeline)
     g = import_model(onnx.load(str(src)))
+    if reconcile_inputs(g, {k: v.ndim for k, v in case.feeds.items()}):  # as compile does, from the data
+        reconcile_shapes(g)
     run_pipeline(g, head, PassContext())
     try:
         assert_outputs_close(case.model, g, case.feeds, rtol=1e-4)
@@ -247,8 +252,21 @@ def test_fp32_part_of_the_named_pipelines():
     assert q.startswith("cleanup,fold-constants,fold-bn") and "calibrate" not in q
 
 
+def test_declared_shapes_that_lie(cases, tmp_path):
+    """Outputs, value_info and inputs declared with the wrong rank, ``shape {}``, wrong dims or no shape: every
+    named pipeline compiles each (the data decides an input's rank)."""
+    from qcompiler.zoo.forms import SHAPE_FORMS
+
+    _campaign(cases, tmp_path, _pairs(SMALL, forms=SHAPE_FORMS) + _pairs(("if-subgraph", "paddle-opset12"),
+                                                                       forms=SHAPE_FORMS, pipelines=("trt-int8",)))
+
+
 def test_every_form_through_every_named_pipeline(cases, tmp_path):
-    _campaign(cases, tmp_path, _pairs(SMALL) + _pairs(EXOTIC, pipelines=("trt-int8", "ort-int8")))
+    from qcompiler.zoo.forms import SHAPE_FORMS
+
+    plain = tuple(f for f in FORMS if f not in SHAPE_FORMS)
+    _campaign(cases, tmp_path, _pairs(SMALL, forms=plain) + _pairs(EXOTIC, forms=plain,
+                                                                    pipelines=("trt-int8", "ort-int8")))
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from qcompiler.api import compile_model
 from qcompiler.diagnostics import DiagnosticEngine, Severity
 from qcompiler.ir import load_model
 from qcompiler.passes.guard import GuardReport
-from qcompiler.quant.guard import Judge, output_parts
+from qcompiler.quant.judge import Judge, output_parts
 from qcompiler.quant.lint import lint_model
 from qcompiler.testing import run, sqnr_db
 
@@ -122,12 +122,12 @@ def test_concat_outputs_are_judged_by_part():
     b.output(y)
     g = b.graph()
     parts = output_parts(g)
-    assert [p[0] for p in parts[y]] == [f"{y}[0:4]", f"{y}[4:7]"]
+    assert [(p.name, p.form) for p in parts] == [(f"{y}[0:4]", "values"), (f"{y}[4:7]", "probabilities")]
     xs = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
     ref = run(g, {"x": xs})
     got = {y: ref[y].copy()}
     got[y][:, 4:] += 0.2  # scores off by 0.2: a disaster for a detector
-    sq = Judge(parts, [ref]).sqnr([got])
+    sq = Judge(parts, [ref]).health([got])
     assert sq[f"{y}[0:4]"] > 100 and sq[f"{y}[4:7]"] < 10
     assert sqnr_db(ref[y], got[y]) > 30  # the whole output hides it
 
@@ -151,9 +151,10 @@ def test_hard_models_recover_from_a_bad_calibrator(name, tmp_path):
 
 
 def test_a_model_that_does_not_run_on_the_data_is_an_input_error(tmp_path):
-    """Calibration runs only the part of the model its statistics need, so a model whose last node breaks on the
-    data (a Reshape that holds only for some batch sizes) first fails in the guard's FP32 run: that is the
-    model's problem (QC406, exit 1), not a bug in the pass."""
+    """A model whose last node breaks on the data (a Reshape that holds only for some batch sizes) is the model's
+    problem (QC406, exit 1), not a bug in a pass: calibrate says so when it runs the whole model (the named
+    pipelines keep its outputs for the guard), the guard's FP32 run when calibration ran only what its
+    statistics need."""
     from qcompiler.diagnostics import CalibrationError
 
     b = G(seed=1)
@@ -167,5 +168,8 @@ def test_a_model_that_does_not_run_on_the_data_is_an_input_error(tmp_path):
     np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32))
     with pytest.raises(CalibrationError) as e:
         _compile(src, tmp_path / "q.onnx", "trt-int8", calib)
+    assert e.value.code == "QC406" and "'broken'" in str(e.value) and "onnxruntime failed" in str(e.value)
+    with pytest.raises(CalibrationError) as e:
+        _compile(src, tmp_path / "q.onnx", "calibrate{histograms=true},insert-qdq,guard", calib)
     assert e.value.code == "QC406" and "'broken'" in str(e.value) and "does not run" in str(e.value)
     assert not (tmp_path / "q.onnx").exists()

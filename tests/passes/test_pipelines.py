@@ -19,7 +19,7 @@ def _expand(text: str) -> str:
 def test_trt_int8_defaults():
     assert _expand("trt-int8") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
                                    "smooth-quant{max-samples=16 layers=all min-ratio=8.0 quiet=true},"
-                                   "calibrate{target=tensorrt precision=int8 histograms=true},"
+                                   "calibrate{target=tensorrt precision=int8 histograms=true keep-outputs=4},"
                                    "insert-qdq{target=tensorrt precision=int8},guard,cleanup")
     assert _expand("trt-int8{smooth=off guard=off}") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
                                                          "calibrate{target=tensorrt precision=int8},"

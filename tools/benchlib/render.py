@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .real import render_real
+
 Cell = Callable[[dict], str]
 
 
@@ -230,7 +232,8 @@ def _executor(out: list[str], res: dict, rows: list[dict]) -> None:
 CUSTOM: dict[str, Callable[[list[str], dict, Any], None]] = {
     "accuracy": _accuracy, "outlier": _outlier, "calib": _calib, "cle": _cle,
     "calib-memory": _calib_memory, "hard": _hard,
-    "zoo-defaults": _zoo_defaults, "executor": _executor, "rounding": _rounding, "weight-only": _weight_only}
+    "zoo-defaults": _zoo_defaults, "executor": _executor, "rounding": _rounding, "weight-only": _weight_only,
+    "real": render_real}
 
 
 def render(res: dict) -> str:

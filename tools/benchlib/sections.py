@@ -14,10 +14,13 @@ import numpy as np
 
 from .common import (ARCHS, DIGITS, MODELOPT_PY, QUICK_DIGITS, eval_model, log, machine, model_facts,
                      modelopt_available, tag, versions)
+from .real import run_real
 from .workers import run_task
 
 #: every section, in the default order
 SECTIONS: dict[str, str] = {}
+#: what ``--quick`` runs: a signal in at most 5 minutes on 2 cores with a warm cache
+QUICK_SECTIONS = ("accuracy", "calib", "latency", "real")
 
 
 def section(name: str):
@@ -632,6 +635,11 @@ class Bench:
                                        config=str(cfg), stem=f"cle-{m}")
                         acc.append({"model": m, "weights": f"{dtype} {scheme}", "pipeline": pipe, **r})
         self.results["sections"]["cle"] = {"layers": layers, "accuracy": acc}
+
+    @section("real")
+    def real(self) -> None:
+        """Issue #22: the development set of shipped models (models/real/) through every tool."""
+        self.results["sections"]["real"] = run_real(self)
 
     def run(self) -> dict:
         for s in self.args.sections.split(","):

@@ -100,6 +100,8 @@ class Target:
     aliases: tuple[str, ...] = ()
     #: weighted ops it quantizes (their per-channel axis comes from qcompiler.ir.layers)
     weighted_ops: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+    #: recurrent ops (``recurrent`` step): input X quantized per tensor, W and R per gate row (axis 1)
+    recurrent_ops: frozenset[str] = frozenset()
     #: ops fused into a weighted op's epilogue: no Q/DQ between them and the op (P3)
     epilogue_ops: frozenset[str] = frozenset()
     #: ops a Q/DQ moves through (no Q/DQ of their own needed, P6)
