@@ -25,11 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 
-def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    err = ((ref - got.astype(np.float64)) ** 2).mean()
-    sig = (ref ** 2).mean()
-    return float(10 * np.log10(sig / err)) if err > 0 else float("inf")
+from qcompiler.quant.numerics import sqnr_db as _sqnr
 
 
 def _outputs(path: str | os.PathLike, feeds: dict[str, np.ndarray], batch: int = 32) -> dict[str, np.ndarray]:

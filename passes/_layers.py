@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
+from qcompiler.ir.layers import WEIGHTED_OPS, ConvAttrs, LayerGeometry, LayerKind
 from qcompiler.ir.query import (attr, const_source, const_value, is_graph_output, produced_by,
                                 subgraph_referenced_names)
 
@@ -358,16 +358,6 @@ def input_response(node: gs.Node, geometry: LayerGeometry, W: np.ndarray, c: np.
     raise NotALayer(f"{node.op}: the response to a per-channel input shift is not implemented")
 
 
-def int8_per_tensor_sqnr(W: np.ndarray) -> float:
-    """SQNR (dB) of symmetric per-tensor int8 weight quantization (scale = amax/127)."""
-    W = W.astype(np.float64)
-    amax = float(np.max(np.abs(W)))
-    if amax == 0:
-        return float("inf")
-    s = amax / 127.0
-    q = np.clip(np.round(W / s), -127, 127) * s
-    noise = float(np.mean((W - q) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.mean(W ** 2)) / noise)
 
 
 def range_spread(r: np.ndarray) -> float:
@@ -376,48 +366,6 @@ def range_spread(r: np.ndarray) -> float:
     return float(r.max() / r.min()) if r.size else 1.0
 
 
-@dataclass
-class ConvGeometry:
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    dilations: tuple[int, ...]
-    pads_begin: tuple[int, ...] | None  # None: auto_pad SAME_* with strides > 1 (input-size dependent)
-    pads_end: tuple[int, ...] | None
-    group: int
-
-    @property
-    def is_1x1(self) -> bool:
-        return all(k == 1 for k in self.kernel)
-
-    @property
-    def unit_stride(self) -> bool:
-        return all(s == 1 for s in self.strides)
-
-    @property
-    def no_padding(self) -> bool:
-        return self.pads_begin is not None and not any(self.pads_begin) and not any(self.pads_end)
-
-
-def conv_geometry(node: gs.Node, W: np.ndarray) -> ConvGeometry:
+def conv_geometry(node: gs.Node, W: np.ndarray) -> ConvAttrs:
     """Kernel, strides, dilations and explicit pads of a Conv, with auto_pad resolved where it can be."""
-    k = tuple(int(d) for d in (attr(node, "kernel_shape") or W.shape[2:]))
-    n = len(k)
-    strides = tuple(int(s) for s in (attr(node, "strides") or [1] * n))
-    dil = tuple(int(d) for d in (attr(node, "dilations") or [1] * n))
-    auto = attr(node, "auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", "", None):
-        pads = list(attr(node, "pads") or [0] * (2 * n))
-        return ConvGeometry(k, strides, dil, tuple(pads[:n]), tuple(pads[n:]), int(attr(node, "group", 1)))
-    if auto == "VALID":
-        return ConvGeometry(k, strides, dil, (0,) * n, (0,) * n, int(attr(node, "group", 1)))
-    # SAME_UPPER / SAME_LOWER: total padding depends on the input size unless strides are 1
-    if all(s == 1 for s in strides):
-        total = [d * (kk - 1) for d, kk in zip(dil, k)]
-        if auto == "SAME_UPPER":
-            begin = tuple(t // 2 for t in total)
-        else:
-            begin = tuple(t - t // 2 for t in total)
-        end = tuple(t - b for t, b in zip(total, begin))
-        return ConvGeometry(k, strides, dil, begin, end, int(attr(node, "group", 1)))
-    return ConvGeometry(k, strides, dil, None, None, int(attr(node, "group", 1)))
+    return ConvAttrs.of(node, tuple(W.shape))

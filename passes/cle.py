@@ -36,9 +36,10 @@ import onnx_graphsurgeon as gs
 from qcompiler.ir.edit import Namer
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.pm.state import State
+from qcompiler.quant.numerics import int8_per_tensor_sqnr
 from qcompiler.quant.state import BatchNormStats, BNRecord
 
-from ._layers import Layer, int8_per_tensor_sqnr, range_spread
+from ._layers import Layer, range_spread
 from ._pairs import (channel_const_shape, clip_bounds, convert_clip, find_pairs, per_channel_operand,
                      per_channel_values)
 

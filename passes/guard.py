@@ -106,9 +106,10 @@ class Guard(Pass):
         ctx.state.put(report)
         record.recipe_used["guard"] = report.to_dict()  # written beside the output; `qcompiler report` shows it
         worst_part = min(res.parts_before, key=lambda k: res.parts_before[k])
+        form = res.forms.get(worst_part, "values")
         if res.healthy_before:
-            ctx.remark("QC604", f"guard: every output is healthy (worst: '{worst_part}' at {res.worst_before:.1f} dB "
-                                f">= {o.sqnr:g})")
+            ctx.remark("QC604", f"guard: every output is healthy (worst: '{worst_part}', judged as {form}, at "
+                                f"{res.worst_before:.1f} dB >= {o.sqnr:g})")
             return PassResult(False, {"float_tensors": 0})
         for d in res.decisions:
             what = ", ".join(d.tensors)

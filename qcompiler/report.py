@@ -30,8 +30,10 @@ from .fsutil import atomic_write
 from .ir import load_model
 from .ir.io import copy_graph, get_meta
 from .ir.query import const_value, produced_by, producer
-from .progress import Progress, mode_for
 from .ir.runtime import Session
+from .progress import Progress, mode_for
+from .quant.numerics import db
+from .quant.strip import float_inputs
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -44,14 +46,6 @@ def quantized_layers(g: gs.Graph) -> list[gs.Node]:
             if any(p is not None and p.op == "DequantizeLinear" for p in src):
                 out.append(n)
     return out
-
-
-def _sqnr(sig: float, noise: float) -> float:
-    if noise <= 0:
-        return float("inf")
-    if sig <= 0:
-        return float("-inf")
-    return 10.0 * np.log10(sig / noise)
 
 
 def streamed_sqnr(ref: gs.Graph, test: gs.Graph, tensors: list[str], data, *, labels: np.ndarray | None = None,
@@ -88,7 +82,7 @@ def streamed_sqnr(ref: gs.Graph, test: gs.Graph, tensors: list[str], data, *, la
     finally:
         sa.close()
         sb.close()
-    out = {"sqnr": {t: _sqnr(sig[t], noise[t]) for t in tensors}, "samples": total}
+    out = {"sqnr": {t: db(sig[t], noise[t]) for t in tensors}, "samples": total}
     if total:
         out["argmax_agreement"] = agree / total
         if labels is not None:
@@ -109,27 +103,12 @@ def float_layers(qdq: gs.Graph, reference: gs.Graph, names: set[str]) -> gs.Grap
 
 
 def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
+    """A copy of ``qdq`` in which the nodes ``which`` accepts read float inputs (quant/strip.py)."""
     g = copy_graph(qdq)
     ref_nodes = {n.name: n for n in reference.nodes}
     for n in list(g.nodes):
-        if n.op in ("QuantizeLinear", "DequantizeLinear") or not which(n):
-            continue
-        for k, t in enumerate(n.inputs):
-            dq = producer(t)
-            if dq is None or dq.op != "DequantizeLinear":
-                continue
-            src = dq.inputs[0]
-            q = producer(src)
-            if q is not None and q.op == "QuantizeLinear":
-                n.inputs[k] = q.inputs[0]
-            else:
-                rn = ref_nodes.get(n.name)
-                w = const_value(rn.inputs[k]) if rn is not None and k < len(rn.inputs) else None
-                if w is None:
-                    from .quant.strip import dequantized_constant
-
-                    w = dequantized_constant(dq)
-                n.inputs[k] = gs.Constant(t.name + "__float", np.asarray(w, np.float32))
+        if n.op not in ("QuantizeLinear", "DequantizeLinear") and which(n):
+            float_inputs(n, ref_nodes.get(n.name))
     g.cleanup(remove_unused_graph_inputs=False)
     return g
 

@@ -15,6 +15,9 @@ import onnx_graphsurgeon as gs
 from .ir import load_model
 from .ir.runtime import Session
 from .ir.text import graph_to_text
+from .quant.numerics import sqnr_db
+
+__all__ = ["sqnr_db"]  # tests and tools read it from here too
 
 _SYMBOLIC_DEFAULT = 1
 
@@ -101,19 +104,6 @@ def assert_outputs_close(before: Any, after: Any, feeds: dict[str, np.ndarray] |
         assert diff <= atol + rtol * ref, (f"output '{name}': max |diff| = {diff:.3g} exceeds "
                                            f"{atol:.1g} + {rtol:.1g} * {ref:.3g} (relative error {errors[name]:.3g})")
     return errors
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    ref = np.asarray(ref, dtype=np.float64)
-    noise = ref - np.asarray(got, dtype=np.float64)
-    p_noise = float(np.mean(noise ** 2))
-    p_sig = float(np.mean(ref ** 2))
-    if p_noise == 0.0:
-        return float("inf")
-    if p_sig == 0.0:
-        return float("-inf")
-    return 10.0 * np.log10(p_sig / p_noise)
 
 
 def canonical_text(model: Any) -> str:

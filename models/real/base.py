@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from qcompiler.quant.numerics import db
+
 from . import fetch
 
 #: bump when the inputs of any model change (cached feeds are rebuilt)
@@ -116,8 +118,7 @@ class RealModel:
             refs.append(self.summarize(feed, a))
             gots.append(self.summarize(feed, b))
         out = self.compare(refs, gots)
-        out["sqnr_db"] = {n: (float(10 * np.log10(sig[n] / err[n])) if err[n] > 0 else float("inf"))
-                          for n in names if sig[n] > 0}
+        out["sqnr_db"] = {n: db(sig[n], err[n]) for n in names if sig[n] > 0}
         return out
 
 

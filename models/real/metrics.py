@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 
 from qcompiler.quant.judge import decode_head, f1
+from qcompiler.quant.numerics import sqnr_db
+
+__all__ = ["sqnr_db", "decode_head", "f1"]
 
 
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    ref = np.asarray(ref, np.float64)
-    err = float(((ref - np.asarray(got, np.float64)) ** 2).mean())
-    sig = float((ref ** 2).mean())
-    return float(10 * np.log10(sig / err)) if err > 0 else float("inf")
 
 
 # ------------------------------------------------------------------------------------------------

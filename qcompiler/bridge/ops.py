@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diagnostics import BridgeError
+from ..ir.layers import ConvAttrs
 
 OpFn = Callable[[list, dict, int], list]
 OPS: dict[str, OpFn] = {}
@@ -53,37 +54,16 @@ def _pads_for(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Ten
     return F.pad(x, torch_pads, value=value)
 
 
-def _auto_pads(x: torch.Tensor, attrs: dict, kernel: list[int], strides: list[int], dil: list[int]) -> list[int]:
-    auto = attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    n = len(kernel)
-    if auto in ("NOTSET", ""):
-        return list(attrs.get("pads", [0] * (2 * n)))
-    if auto == "VALID":
-        return [0] * (2 * n)
-    begin, end = [], []
-    for i in range(n):
-        size = x.shape[2 + i]
-        out = math.ceil(size / strides[i])
-        total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
-        b = total // 2 if auto == "SAME_UPPER" else total - total // 2
-        begin.append(b)
-        end.append(total - b)
-    return begin + end
-
-
 @op("Conv")
 def conv(ins, a, _):
     x, w = ins[0], ins[1]
     b = ins[2] if len(ins) > 2 else None
     n = w.dim() - 2
-    kernel = list(a.get("kernel_shape", w.shape[2:]))
-    strides = list(a.get("strides", [1] * n))
-    dil = list(a.get("dilations", [1] * n))
-    pads = _auto_pads(x, a, kernel, strides, dil)
-    x = _pads_for(x, pads)
+    ca = ConvAttrs.from_attrs(a, tuple(w.shape))
+    begin, end = ca.pads_for(x.shape[2:])
+    x = _pads_for(x, list(begin) + list(end))
     fn = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
-    return [fn(x, w, b, stride=strides, padding=0, dilation=dil, groups=int(a.get("group", 1)))]
+    return [fn(x, w, b, stride=list(ca.strides), padding=0, dilation=list(ca.dilations), groups=ca.group)]
 
 
 @op("ConvTranspose")
@@ -91,15 +71,14 @@ def conv_transpose(ins, a, _):
     x, w = ins[0], ins[1]
     b = ins[2] if len(ins) > 2 else None
     n = w.dim() - 2
-    strides = list(a.get("strides", [1] * n))
-    dil = list(a.get("dilations", [1] * n))
-    pads = list(a.get("pads", [0] * (2 * n)))
-    outpad = list(a.get("output_padding", [0] * n))
-    if "output_shape" in a or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", ""):
+    ca = ConvAttrs.from_attrs(a, tuple(w.shape))
+    if "output_shape" in a or ca.auto_pad != "NOTSET" or ca.pads_begin is None or ca.pads_end is None:
         raise NotImplementedError("ConvTranspose with output_shape/auto_pad")
+    pads = list(ca.pads_begin) + list(ca.pads_end)
     fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
     sym = [min(pads[i], pads[i + n]) for i in range(n)]
-    y = fn(x, w, b, stride=strides, padding=sym, output_padding=outpad, groups=int(a.get("group", 1)), dilation=dil)
+    y = fn(x, w, b, stride=list(ca.strides), padding=sym, output_padding=list(ca.output_padding), groups=ca.group,
+           dilation=list(ca.dilations))
     extra = [(pads[i] - sym[i], pads[i + n] - sym[i]) for i in range(n)]
     if any(e for pair in extra for e in pair):  # asymmetric pads: crop the rest
         sl = [slice(None), slice(None)] + [slice(e0, y.shape[2 + i] - e1) for i, (e0, e1) in enumerate(extra)]
@@ -250,10 +229,10 @@ def batch_norm(ins, a, _):
 def _pool(ins, a, kind: str):
     x = ins[0]
     n = x.dim() - 2
-    kernel = list(a["kernel_shape"])
-    strides = list(a.get("strides", [1] * n))
-    dil = list(a.get("dilations", [1] * n))
-    pads = _auto_pads(x, a, kernel, strides, dil)
+    ca = ConvAttrs.from_attrs(a, (0, 0) + tuple(a["kernel_shape"]))  # a pool's window reads like a kernel
+    kernel, strides, dil = list(ca.kernel), list(ca.strides), list(ca.dilations)
+    begin, end = ca.pads_for(x.shape[2:])
+    pads = list(begin) + list(end)
     ceil = bool(int(a.get("ceil_mode", 0)))
     fn: Any
     if kind == "max":

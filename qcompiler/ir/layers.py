@@ -137,3 +137,73 @@ class LayerGeometry:
         """A per-output-channel scale can be written along ``out_axis`` (not for grouped ConvTranspose, whose
         axis 1 is Cout/group long)."""
         return not (self.kind is LayerKind.CONV_TRANSPOSE and self.group > 1)
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    """A convolution's spatial attributes, read once (the FP32 rewrites, GPTQ's patches and the torch bridge all
+    use this): kernel, strides, dilations, explicit pads (begin, end), group, output_padding (ConvTranspose)
+    and auto_pad.  ``pads_begin``/``pads_end`` are None for ``auto_pad=SAME_*`` with strides > 1, whose padding
+    depends on the input size (:meth:`pads_for`)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...] | None
+    pads_end: tuple[int, ...] | None
+    group: int = 1
+    output_padding: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+
+    @staticmethod
+    def from_attrs(attrs: dict, weight_shape: tuple[int, ...]) -> "ConvAttrs":
+        k = tuple(int(d) for d in (attrs.get("kernel_shape") or weight_shape[2:]))
+        n = len(k)
+        strides = tuple(int(s) for s in (attrs.get("strides") or [1] * n))
+        dil = tuple(int(d) for d in (attrs.get("dilations") or [1] * n))
+        group = int(attrs.get("group", 1) or 1)
+        outpad = tuple(int(v) for v in (attrs.get("output_padding") or [0] * n))
+        auto = attrs.get("auto_pad", "NOTSET")
+        auto = (auto.decode() if isinstance(auto, bytes) else auto) or "NOTSET"
+        if auto == "NOTSET":
+            pads = [int(p) for p in (attrs.get("pads") or [0] * (2 * n))]
+            return ConvAttrs(k, strides, dil, tuple(pads[:n]), tuple(pads[n:]), group, outpad, auto)
+        if auto == "VALID":
+            return ConvAttrs(k, strides, dil, (0,) * n, (0,) * n, group, outpad, auto)
+        if all(s == 1 for s in strides):  # SAME_* with unit strides: the padding does not depend on the size
+            begin, end = ConvAttrs._same(k, strides, dil, auto, [1] * n)
+            return ConvAttrs(k, strides, dil, begin, end, group, outpad, auto)
+        return ConvAttrs(k, strides, dil, None, None, group, outpad, auto)
+
+    @staticmethod
+    def of(node: gs.Node, weight_shape: tuple[int, ...]) -> "ConvAttrs":
+        return ConvAttrs.from_attrs(dict(node.attrs), weight_shape)
+
+    @staticmethod
+    def _same(k, strides, dil, auto: str, sizes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        begin, end = [], []
+        for i, size in enumerate(sizes):
+            out = -(-int(size) // strides[i])
+            total = max(0, (out - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - int(size))
+            b = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            begin.append(b)
+            end.append(total - b)
+        return tuple(begin), tuple(end)
+
+    def pads_for(self, sizes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(begin, end) pads for an input of spatial ``sizes`` (auto_pad resolved)."""
+        if self.pads_begin is not None and self.pads_end is not None:
+            return self.pads_begin, self.pads_end
+        return self._same(self.kernel, self.strides, self.dilations, self.auto_pad, sizes)
+
+    @property
+    def is_1x1(self) -> bool:
+        return all(k == 1 for k in self.kernel)
+
+    @property
+    def unit_stride(self) -> bool:
+        return all(s == 1 for s in self.strides)
+
+    @property
+    def no_padding(self) -> bool:
+        return self.pads_begin is not None and not any(self.pads_begin) and not any(self.pads_end or ())

@@ -26,7 +26,7 @@ from ..ir.edit import Namer, constant
 from ..ir.io import iter_graphs
 from ..ir.query import producer, require_const
 from .plan import ActPoint, Plan, WeightPoint
-from .qspec import QSpec, affine_params
+from .qspec import QSpec, affine_params, broadcast_qparams, dequantize_linear
 
 SCALE_FLOOR = 1e-7
 
@@ -126,20 +126,7 @@ def _block_qparams(W: np.ndarray, spec: QSpec, axis: int | None) -> QParams:
 
 def expand_scale(q: QParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point broadcast to a weight of ``shape`` (per tensor, per channel or per block)."""
-    scale = q.scale.astype(np.float64)
-    zp = q.zero_point.astype(np.float64) if not q.spec.fp8 else np.zeros_like(scale)
-    if q.block_size:
-        reps, ax = q.block_size, q.axis or 0
-        idx = [slice(None)] * len(shape)
-        idx[ax] = slice(0, shape[ax])
-        s = np.repeat(scale, reps, axis=ax)[tuple(idx)]
-        z = np.repeat(zp, reps, axis=ax)[tuple(idx)]
-        return s, z
-    if q.axis is None or scale.ndim == 0:
-        return scale, zp
-    bshape = [1] * len(shape)
-    bshape[q.axis] = -1
-    return scale.reshape(bshape), zp.reshape(bshape)
+    return broadcast_qparams(q.scale, None if q.spec.fp8 else q.zero_point, shape, q.axis or 0, q.block_size)
 
 
 def quantize_weight(W: np.ndarray, q: QParams) -> np.ndarray:
@@ -159,8 +146,8 @@ def quantize_weight(W: np.ndarray, q: QParams) -> np.ndarray:
 
 
 def dequantize_weight(qv: np.ndarray, q: QParams) -> np.ndarray:
-    s, z = expand_scale(q, qv.shape)
-    return ((qv.astype(np.float64) - z) * s).astype(np.float32)
+    """The float values of stored weight integers (DequantizeLinear, qspec.dequantize_linear)."""
+    return dequantize_linear(qv, q.scale, None if q.spec.fp8 else q.zero_point, q.axis or 0, q.block_size)
 
 
 class Emitter:

@@ -28,11 +28,12 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import QCompilerError
 from ..ir.edit import Namer
-from ..ir.layers import LayerGeometry, LayerKind
+from ..ir.layers import ConvAttrs, LayerGeometry, LayerKind
 from ..ir.query import const_value, producer
 from ..pm.state import State
 from ..progress import Progress
 from .emit import EmitResult, QParams, expand_scale, quantize_weight, weight_qparams
+from .numerics import db
 from .plan import Plan, WeightPoint
 from .qspec import QSpec
 from .state import QuantizationRecord
@@ -156,13 +157,13 @@ def patches(x: np.ndarray, geo: LayerGeometry, attrs: dict) -> list[np.ndarray]:
     stride-dilated, re-padded input its equivalent convolution reads.  Gemm/MatMul: the last axis."""
     if not geo.kind.is_conv:
         return [x.reshape(-1, x.shape[-1])]
-    nsp = len(geo.kernel)
-    k = tuple(int(v) for v in geo.kernel)
-    strides = [int(v) for v in attrs.get("strides", [1] * nsp)]
-    dil = [int(v) for v in attrs.get("dilations", [1] * nsp)]
-    pads = [int(v) for v in attrs.get("pads", [0] * (2 * nsp))]
-    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-        raise ValueError("auto_pad SAME_* is not supported by gptq's patch extraction")
+    ca = ConvAttrs.from_attrs(attrs, geo.weight_shape)
+    nsp = len(ca.kernel)
+    k = ca.kernel
+    strides, dil = list(ca.strides), list(ca.dilations)
+    if ca.pads_begin is None or ca.pads_end is None:
+        raise ValueError("auto_pad SAME_* with strides > 1 is not supported by gptq's patch extraction")
+    pads = list(ca.pads_begin) + list(ca.pads_end)
     x = np.asarray(x, np.float64)
     if geo.kind is LayerKind.CONV_TRANSPOSE:
         # stride-dilate the input, pad by dilation*(k-1) - pad (+ output_padding at the end), unit stride
@@ -170,7 +171,7 @@ def patches(x: np.ndarray, geo: LayerGeometry, attrs: dict) -> list[np.ndarray]:
         sp = x.shape[2:]
         dx = np.zeros((n, c) + tuple((s - 1) * st + 1 for s, st in zip(sp, strides)))
         dx[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides)] = x
-        outpad = [int(v) for v in attrs.get("output_padding", [0] * nsp)]
+        outpad = list(ca.output_padding)
         before = [d * (kk - 1) - p for d, kk, p in zip(dil, k, pads[:nsp])]
         after = [d * (kk - 1) - p + op for d, kk, p, op in zip(dil, k, pads[nsp:], outpad)]
         if min(before + after) < 0:
@@ -323,8 +324,7 @@ def _solve_layer(task: tuple) -> tuple[np.ndarray, QParams, float, float, bool, 
     mats = matrix_view(W, geo)
     signal = float(sum(_objective(wm, np.zeros_like(wm), H) for wm, H in zip(mats, Hs)))
     Wq, e_rtn, e_gptq = _round_layer(W, geo, qp, Hs, block, damp, act_order)
-    if fallback_db > 0 and spec.width < 8 and not spec.fp8 and e_gptq > 0 and \
-            10 * np.log10(max(signal, 1e-300) / e_gptq) < fallback_db:
+    if fallback_db > 0 and spec.width < 8 and not spec.fp8 and db(signal, e_gptq) < fallback_db:
         spec8 = replace(spec, dtype="s8")
         qp = weight_qparams(W, spec8, qp.axis)
         Wq, e_rtn, e_gptq = _round_layer(W, geo, qp, Hs, block, damp, act_order)
@@ -433,12 +433,12 @@ def run_gptq(qdq: gs.Graph, reference: gs.Graph, record: QuantizationRecord, dat
 
     def done(it: dict) -> None:
         er, eg = report[it["node"].name]
-        db = 10 * np.log10(max(it["signal"], 1e-300) / eg) if eg > 0 else float("inf")
+        layer_db = db(it["signal"], eg)
         if it["bits"] != int(it["spec"].width):
             fallbacks.append(it["node"].name)
         if diagnostics is not None:
             diagnostics.remark("QC603", f"gptq {it['node'].name}: objective {er:.4g} (round-to-nearest) -> "
-                                        f"{eg:.4g}, output SQNR {db:.1f} dB"
+                                        f"{eg:.4g}, output SQNR {layer_db:.1f} dB"
                                         + (f", {it['bits']}-bit weights (below {fallback_db:g} dB at "
                                            f"{int(it['spec'].width)} bits)" if it["bits"] != int(it["spec"].width)
                                            else ""),

@@ -41,7 +41,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
-from ..ir.edit import Namer, replace_all_uses
+from ..ir.edit import Namer
 from ..ir.io import copy_graph, iter_graphs
 from ..ir.layers import LayerGeometry, LayerKind
 from ..ir.query import const_value, producer
@@ -49,6 +49,7 @@ from ..ir.runtime import Session
 from ..ir.shapes import infer_shapes
 from .emit import QParams, activation_qparams
 from .judge import Judge, output_parts
+from .strip import unquantize
 from .plan import Plan
 
 GUARD_INPUT = "qc_guard_mask"
@@ -528,7 +529,7 @@ def apply_decisions(graph: gs.Graph, reference: gs.Graph, result: GuardResult, p
                 a = next(x for x in p.alternatives if x.method == d.remedy.split("=", 1)[1])
                 for t in d.tensors:
                     new_ranges[t] = a.qparams
-    apply_float(graph, reference, floats, layers)
+    unquantize(graph, reference, floats, layers)
     if new_ranges:
         names = Namer(graph)
         for g in iter_graphs(graph):
@@ -543,28 +544,6 @@ def apply_decisions(graph: gs.Graph, reference: gs.Graph, result: GuardResult, p
         graph.cleanup(remove_unused_graph_inputs=False)
     for n in layers:
         plan.float_nodes[n] = "kept float by the guard"
-
-
-def apply_float(graph: gs.Graph, reference: gs.Graph, tensors: set[str], layers: set[str]) -> None:
-    """Return ``tensors`` to float in the quantized ``graph`` (their consumers read the float tensor again) and
-    give ``layers`` their FP32 weights (and biases) back.  In place."""
-    ref_nodes = {n.name: n for g in iter_graphs(reference) for n in g.nodes}
-    for g in iter_graphs(graph):
-        for q in [n for n in g.nodes if n.op == "QuantizeLinear" and n.inputs[0].name in tensors]:
-            x = q.inputs[0]
-            for dq in [c for c in q.outputs[0].outputs if c.op == "DequantizeLinear"]:
-                replace_all_uses(g, dq.outputs[0], x)
-        for n in g.nodes:
-            if n.name not in layers:
-                continue
-            rn = ref_nodes.get(n.name)
-            for k in range(1, len(n.inputs)):
-                p = producer(n.inputs[k])
-                if p is not None and p.op == "DequantizeLinear" and rn is not None and k < len(rn.inputs):
-                    v = const_value(rn.inputs[k])
-                    n.inputs[k] = gs.Constant(n.inputs[k].name + "_float", np.asarray(v)) if v is not None \
-                        else rn.inputs[k]
-    graph.cleanup(remove_unused_graph_inputs=False)
 
 
 def summary(result: GuardResult) -> dict[str, Any]:

@@ -42,6 +42,7 @@ import onnx_graphsurgeon as gs
 from ..ir.io import copy_graph
 from ..ir.query import attr, producer, rank
 from ..ir.shapes import infer_shapes
+from .numerics import db
 
 #: ops that move or reshape values without computing: a form is read through them
 SHAPE_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Slice",
@@ -236,7 +237,8 @@ def f1(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], iou: float = DET_IO
 
 
 def _db(x: float) -> float:
-    return float(np.clip(-10 * np.log10(max(x, 1e-20)), -50.0, 200.0))
+    """A disagreement (a fraction) as health in dB, within [-50, 200]."""
+    return float(np.clip(db(1.0, max(x, 1e-20)), -50.0, 200.0))
 
 
 def _per_sample(x: np.ndarray) -> np.ndarray:
@@ -337,10 +339,9 @@ class Judge:
                     tot_sig += float(sig.sum())
                     tot_noise += float(noise.sum())
                     keep = sig > 0
-                    db = 10 * np.log10(sig[keep] / np.maximum(noise[keep], sig[keep] * 1e-20))
-                    vals.extend(np.clip(db, -50.0, 200.0).tolist())
-                whole = 200.0 if tot_noise <= 0 else (-50.0 if tot_sig <= 0 else
-                                                      min(200.0, float(10 * np.log10(tot_sig / tot_noise))))
+                    per = 10 * np.log10(sig[keep] / np.maximum(noise[keep], sig[keep] * 1e-20))  # per sample
+                    vals.extend(np.clip(per, -50.0, 200.0).tolist())
+                whole = float(np.clip(db(tot_sig, tot_noise), -50.0, 200.0))
                 out[part.name] = (min(whole, float(np.mean(vals)) if vals else 200.0),
                                   tot_noise / tot_sig if tot_sig > 0 else 0.0)
         return out

@@ -279,8 +279,11 @@ def storage_grid(dtype: Any) -> tuple[int, int, bool]:
     return grids[name] + (False,)
 
 
-def _broadcast_qparams(scale: np.ndarray, zp: np.ndarray | None, shape: tuple[int, ...], axis: int,
+def broadcast_qparams(scale: np.ndarray, zp: np.ndarray | None, shape: tuple[int, ...], axis: int,
                        block: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point (float64) broadcast against a tensor of ``shape``: per tensor as they are, per axis
+    reshaped onto ``axis``, per block repeated along it (the one definition; DequantizeLinear on constants,
+    the emitter's weight quantization and GPTQ's grids all use it)."""
     s = np.asarray(scale, np.float64)
     z = np.zeros_like(s) if zp is None else np.asarray(zp).astype(np.float64)
     if block:
@@ -299,7 +302,7 @@ def quantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axi
     Integer grids come back as float64 values on the grid; fp8 as an ml_dtypes array."""
     x = np.asarray(x, np.float32)
     axis = axis + x.ndim if axis < 0 else axis
-    s, z = _broadcast_qparams(scale, zp, x.shape, axis, block)
+    s, z = broadcast_qparams(scale, zp, x.shape, axis, block)
     qmin, qmax, fp8 = storage_grid(dtype)
     if fp8:
         return fp8_quantize(x, s.astype(np.float32))
@@ -311,5 +314,5 @@ def dequantize_linear(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, a
     """ONNX DequantizeLinear on constants (per-tensor, per-axis or blocked)."""
     q = np.asarray(q)
     axis = axis + q.ndim if axis < 0 and q.ndim else axis
-    s, z = _broadcast_qparams(scale, zp, q.shape, axis, block)
+    s, z = broadcast_qparams(scale, zp, q.shape, axis, block)
     return ((q.astype(np.float64) - z) * s).astype(np.float32)
