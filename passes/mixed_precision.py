@@ -1,7 +1,7 @@
 """mixed-precision: leave the most sensitive quantized layers in float until the output SQNR meets a target.
 
 After ``insert-qdq``: each quantized layer's sensitivity is measured as the model's output SQNR with only
-that layer quantized (qcompiler/report.py).  Layers are then returned to float, most sensitive first,
+that layer quantized (qcompiler/quant/sensitivity.py).  Layers are then returned to float, most sensitive first,
 until the whole model's output SQNR (vs the FP32 graph, on the calibration data) reaches
 ``target-sqnr`` or ``max-float`` layers are float.  Each decision is a remark naming the layer and its
 sensitivity.  A layer returned to float loses its input Q/DQ edge and gets its FP32 weight back.
@@ -44,7 +44,7 @@ class MixedPrecision(Pass):
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         from qcompiler.ir.opset import replace_graph_contents
-        from qcompiler.report import float_layers, layer_sensitivity, quantized_layers, streamed_sqnr
+        from qcompiler.quant.sensitivity import float_layers, layer_sensitivity, quantized_layers, streamed_sqnr
 
         if ctx.calib_data is None:
             raise CalibrationError("mixed-precision needs calibration data", code="QC401", hint="pass --calib-data")

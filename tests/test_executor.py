@@ -108,7 +108,7 @@ def test_compiled_bytes_equal_one_process(zoo, tmp_path, pipeline):
 
 
 def test_sensitivity_and_gptq_equal_one_process(zoo, tmp_path):
-    from qcompiler.report import layer_sensitivity
+    from qcompiler.quant.sensitivity import layer_sensitivity
 
     src, calib = zoo.onnx_path("resnet"), zoo.calibration_npz("resnet", 32)
     q = tmp_path / "q.onnx"
@@ -206,7 +206,7 @@ def ray_ex():
 
 
 def test_ray_gives_the_same_bytes_scales_and_ranking(ray_ex, zoo, tmp_path):
-    from qcompiler.report import layer_sensitivity
+    from qcompiler.quant.sensitivity import layer_sensitivity
 
     src, calib = zoo.onnx_path("resnet"), zoo.calibration_npz("resnet", 40)
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"

@@ -296,7 +296,7 @@ def w_executor(task: dict) -> dict:
             from qcompiler.bridge.finetune import reference_graph
             from qcompiler.calib.data import as_data_source
             from qcompiler.diagnostics import DiagnosticEngine
-            from qcompiler.report import layer_sensitivity
+            from qcompiler.quant.sensitivity import layer_sensitivity
 
             qdq = load_model(task["qdq"])
             ref = reference_graph(load_model(task["src"]), qdq, DiagnosticEngine())
