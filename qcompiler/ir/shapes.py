@@ -125,15 +125,18 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
         [t for t in graph.outputs if t.shape is None and not isinstance(t, gs.Constant)]
     if lost:  # outputs ONNX inference cannot reach (a data-dependent Reshape): onnxruntime's own inference
         ort_shapes = _ort_output_shapes(model)
-        for t in dict.fromkeys(lost):
+        seen: set[int] = set()
+        for t in lost:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
             got = ort_shapes.get(t.name)
             if got is None or (t.shape is not None and len(t.shape) == len(got)):
                 continue
             changes.append(f"'{t.name}' was declared {_fmt(t.shape) if t.shape is not None else 'without a shape'}, "
                            f"onnxruntime infers {_fmt(got)}")
             t.shape = got
-            if t in unconfirmed:
-                unconfirmed.remove(t)
+            unconfirmed = [u for u in unconfirmed if u is not t]
     if changes and unconfirmed:
         # a file whose checkable declarations lie loses the ones inference cannot check (onnxruntime infers them
         # itself; a wrong one stops it from loading the model); a file whose declarations hold keeps them all

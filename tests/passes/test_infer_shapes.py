@@ -17,7 +17,8 @@ def test_shapes_recorded_and_symbolic_dims_kept():
     b.output(b.node("GlobalAveragePool", [y]))
     g = b.graph()
     conv_out = next(n for n in g.nodes if n.op == "Conv").outputs[0]
-    assert conv_out.shape is None
+    assert list(conv_out.shape) == ["N", 4, 4, 4]  # import fills the shapes inference gives (ir/shapes.py)
+    conv_out.shape = conv_out.dtype = None  # as a pass that made a new tensor leaves it
     ctx = PassContext()
     res = run_pipeline(g, "infer-shapes", ctx)
     assert res.records[0].modified and "shapes-inferred" in ctx.facts
