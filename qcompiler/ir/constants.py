@@ -9,6 +9,10 @@ listed as graph inputs (old exporters; onnx-graphsurgeon already reads those as 
   output, and
 * an ``Identity`` whose input is a constant is bypassed: its consumers read the constant,
 
+* a ``Loop``-carried value that the body passes through unchanged and that starts as a constant is that
+  constant: the body reads it as its own initializer and the loop no longer carries it (Paddle exports a
+  decoder's weights into a ``Loop`` this way, so its MatMuls would otherwise see no constant weight),
+
 except where the tensor is a graph output (the model's interface never changes).  Every pass then sees the
 same graph whatever the form: a Conv weight in a Constant node folds, equalizes and quantizes like an
 initializer (tests/ir/test_constants.py runs every pass on each form).  String and sparse constants stay nodes.
@@ -69,11 +73,39 @@ def _normalize(graph: gs.Graph, counts: dict[str, int]) -> None:
             counts["identities"] += 1
     if counts["constant_nodes"] or counts["identities"]:
         graph.nodes = [n for n in graph.nodes if n.outputs]
+    for node in graph.nodes:
+        if node.op == "Loop":
+            counts["loop_invariants"] += _loop_invariants(graph, node)
+
+
+def _loop_invariants(graph: gs.Graph, loop: gs.Node) -> int:
+    """Loop-carried constants (module docstring) become initializers of the body; returns how many.  Carried
+    value ``k`` is Loop input ``2 + k``, body input ``2 + k``, body output ``1 + k`` and Loop output ``k``."""
+    body = loop.attrs.get("body")
+    if not isinstance(body, gs.Graph):
+        return 0
+    carried = min(len(loop.inputs) - 2, len(body.inputs) - 2, len(body.outputs) - 1)
+    done = 0
+    for k in reversed(range(carried)):
+        init, b_in, b_out = loop.inputs[2 + k], body.inputs[2 + k], body.outputs[1 + k]
+        final = loop.outputs[k] if k < len(loop.outputs) else None
+        if not isinstance(init, gs.Constant) or b_out is not b_in or isinstance(b_in, gs.Constant) or \
+                (final is not None and _is_output(graph, final)):
+            continue
+        _redirect(b_in, gs.Constant(b_in.name, init._values))
+        if final is not None:
+            _redirect(final, init)
+            del loop.outputs[k]
+        del body.outputs[1 + k]
+        del body.inputs[2 + k]
+        del loop.inputs[2 + k]
+        done += 1
+    return done
 
 
 def normalize_constants(graph: gs.Graph) -> dict[str, int]:
-    """Constant nodes become initializers and Identity over constants is bypassed, in the graph and every
-    subgraph.  Returns how many of each were rewritten."""
-    counts = {"constant_nodes": 0, "identities": 0}
+    """Constant nodes become initializers, Identity over constants is bypassed and loop-carried constants become
+    body initializers, in the graph and every subgraph.  Returns how many of each were rewritten."""
+    counts = {"constant_nodes": 0, "identities": 0, "loop_invariants": 0}
     _normalize(graph, counts)
     return counts

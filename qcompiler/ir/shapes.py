@@ -131,7 +131,10 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
                 continue
             seen.add(id(t))
             got = ort_shapes.get(t.name)
-            if got is None or (t.shape is not None and len(t.shape) == len(got)):
+            if got is None:
+                continue
+            if t.shape is not None and len(t.shape) == len(got):  # onnxruntime confirms it: the declaration stays
+                unconfirmed = [u for u in unconfirmed if u is not t]
                 continue
             changes.append(f"'{t.name}' was declared {_fmt(t.shape) if t.shape is not None else 'without a shape'}, "
                            f"onnxruntime infers {_fmt(got)}")

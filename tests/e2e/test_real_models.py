@@ -33,6 +33,7 @@ def _real(name: str):
 
 def _compile(name, tmp_path, pipeline="trt-int8"):
     m, src, calib = _real(name)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / f"{name}.onnx"
     res = compile_model(src, out, pipeline, calib_data=str(calib))
     assert lint_model(out).n_errors == 0
