@@ -65,3 +65,59 @@ def test_inspect_reports_the_file_as_it_is(tmp_path):
     b.output(b.node("MatMul", [x, b.const_node(b.rand(3, 4))]))
     onnx.save(b.model(), tmp_path / "m.onnx")
     assert inspect_model(tmp_path / "m.onnx").ops == {"Constant": 1, "MatMul": 1}
+
+
+def _carried_weight_loop(final_is_output: bool) -> onnx.ModelProto:
+    """h <- tanh(h @ W) for 3 steps, W carried through the loop unchanged (Paddle's form of a decoder's weights)
+    and a counter carried that does change."""
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 4)).astype(np.float32) * 0.5
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "w_in"], ["hw"]), helper.make_node("Tanh", ["hw"], ["h_out"]),
+         helper.make_node("Add", ["c_in", "one"], ["c_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [4, 4]),
+         helper.make_tensor_value_info("c_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [4, 4]),
+         helper.make_tensor_value_info("c_out", TensorProto.FLOAT, [1])],
+        [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
+    nodes = [helper.make_node("Constant", [], ["w0"], value=helper.make_tensor("wv", TensorProto.FLOAT, [4, 4],
+                                                                               w.ravel().tolist())),
+             helper.make_node("Loop", ["n", "t", "x", "w0", "c0"], ["h", "w_final", "c"], body=body)]
+    outs = [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])]
+    if final_is_output:
+        outs.append(helper.make_tensor_value_info("w_final", TensorProto.FLOAT, [4, 4]))
+    g = helper.make_graph(nodes, "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], outs,
+                          [helper.make_tensor("n", TensorProto.INT64, [], [3]),
+                           helper.make_tensor("t", TensorProto.BOOL, [], [True]),
+                           helper.make_tensor("c0", TensorProto.FLOAT, [1], [0.0])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_loop_carried_constants_become_body_initializers(tmp_path):
+    """The weight the body passes through unchanged becomes the body's own constant (its MatMul sees a constant
+    weight, which quantization needs); the counter, which changes, stays carried; outputs are identical."""
+    m = _carried_weight_loop(final_is_output=False)
+    g = import_model(m)
+    loop = next(n for n in g.nodes if n.op == "Loop")
+    body = loop.attrs["body"]
+    assert [i.name for i in loop.inputs] == ["n", "t", "x", "c0"] and len(body.inputs) == 4
+    mm = next(n for n in body.nodes if n.op == "MatMul")
+    assert isinstance(mm.inputs[1], gs.Constant) and tuple(mm.inputs[1].shape) == (4, 4)
+    save_model(g, tmp_path / "m.onnx")
+    x = {"x": np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)}
+    assert_outputs_close(import_model(m, normalize=False), load_model(tmp_path / "m.onnx"), x, rtol=0, atol=0)
+
+
+def test_a_loop_carried_constant_read_as_a_graph_output_stays_carried():
+    g = import_model(_carried_weight_loop(final_is_output=True))
+    loop = next(n for n in g.nodes if n.op == "Loop")
+    assert len(loop.inputs) == 5 and not isinstance(loop.attrs["body"].nodes[0].inputs[1], gs.Constant)
