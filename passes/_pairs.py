@@ -176,12 +176,19 @@ def find_pairs(graph: gs.Graph, *, clip: str = "rescale",
     return pairs, skipped
 
 
+def chain_clip_bounds(node: gs.Node) -> tuple[float, float]:
+    """(min, max) of a Clip in a pair's chain (the chain takes only Clips with constant bounds)."""
+    bounds = clip_bounds(node)
+    assert bounds is not None, f"{node.name}: a Clip with a non-constant bound in a pair's chain"
+    return bounds
+
+
 def convert_clip(graph: gs.Graph, clip_node: gs.Node, channels: int, r: int, names: Namer,
                  mode: str) -> list[gs.Node]:
     """Rewrite a Clip in a pair's chain.  ``rescale``: Clip(x, lo, M) -> [Relu] + Min(x, M per channel)
     (exact); ``relu``: Clip(x, 0, M) -> Relu (drops the upper bound: changes the model).
     Returns the nodes that replace it (in order)."""
-    lo, hi = clip_bounds(clip_node)
+    lo, hi = chain_clip_bounds(clip_node)
     x, y = clip_node.inputs[0], clip_node.outputs[0]
     idx = graph.nodes.index(clip_node)
     new: list[gs.Node] = []

@@ -37,7 +37,7 @@ from ._layers import Layer, LayerKind, conv_geometry, input_response
 from ._pairs import find_pairs
 
 
-class AbsorbBias(Pass):
+class AbsorbBias(Pass["AbsorbBias.Options"]):
     """High-bias absorption: move provably-positive pre-activation offsets into the next layer's bias."""
 
     name = "absorb-bias"

@@ -29,7 +29,7 @@ def _inputs(ctx, who: str, max_samples: int):
     return ref, collect_inputs(ctx.calib_data, ref, max_samples, ctx.diagnostics)
 
 
-class AdaRound(Pass):
+class AdaRound(Pass["AdaRound.Options"]):
     """AdaRound: learned up/down rounding of quantized weights, layer by layer (torch bridge)."""
 
     name = "adaround"

@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.io import copy_graph
+from qcompiler.ir.graph import copy_graph
 from qcompiler.ir.query import is_graph_output, producer, subgraph_referenced_names
 from qcompiler.ir.runtime import Session
 from qcompiler.pm import Pass, PassResult, option
@@ -44,7 +44,7 @@ def _blocked_rtn(W: np.ndarray, bits: int, block: int) -> np.ndarray:
     return (np.clip(np.rint(Wb / s), -qmax, qmax) * s).reshape(Wp.shape)[:k]
 
 
-class AWQ(Pass):
+class AWQ(Pass["AWQ.Options"]):
     """AWQ: activation-aware per-input-channel scales before blocked weight-only quantization (exact in FP32)."""
 
     name = "awq"

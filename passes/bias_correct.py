@@ -35,7 +35,8 @@ from qcompiler.calib.collect import shard_plan
 from qcompiler.calib.data import CalibData
 from qcompiler.diagnostics import CalibrationError, QCompilerError
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.io import copy_graph, put_graph
+from qcompiler.executor import TOO_BIG, map_over_graph
+from qcompiler.ir.graph import copy_graph
 from qcompiler.ir.layers import WEIGHTED_OPS, LayerGeometry, LayerKind
 from qcompiler.ir.query import const_value, is_graph_output, produced_by, producer
 from qcompiler.ir.runtime import Session
@@ -73,14 +74,10 @@ def _batch_sums(graph: gs.Graph, tensors: list[tuple[str, str]], data: CalibData
         sess.close()
 
 
-def _batch_sums_task(task: tuple) -> list:
-    """A Ray task: :func:`_batch_sums` over one shard, the model and data fetched from the object store."""
-    from qcompiler.executor import resolve, task_threads
-    from qcompiler.ir.io import graph_from_ref
-
-    model, data, tensors, opt_level, start, stop = task
-    return list(_batch_sums(graph_from_ref(model), tensors, resolve(data).shard(start, stop), opt_level,
-                            task_threads()))
+def _batch_sums_task(inputs, task: tuple) -> list:
+    """A task: :func:`_batch_sums` over one shard."""
+    tensors, opt_level, start, stop = task
+    return list(_batch_sums(inputs.graphs[0], tensors, inputs.data.shard(start, stop), opt_level, inputs.threads))
 
 
 def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: CalibData, ctx,
@@ -93,15 +90,16 @@ def channel_means(graph: gs.Graph, tensors: list[tuple[str, gs.Node]], data: Cal
     ex = getattr(ctx, "executor", None)
     if ex is not None and ex.parallel:
         ranges, why = shard_plan(data, graph, ex.workers, exact_batches=True)
-        model_ref = put_graph(ex, graph) if ranges else None
-        if ranges and model_ref is not None:
-            data_ref = ex.put(data)
-            parts = ex.map(_batch_sums_task, [(model_ref, data_ref, named, opt_level, a, b) for a, b in ranges],
-                           what="bias-correct: means", labels=[f"means of shard {k} (samples {a}-{b - 1})"
-                                                                for k, (a, b) in enumerate(ranges)])
-            per_batch = [x for part in parts for x in part]
-        else:
-            ctx.remark("QC404", f"bias-correct measures in this process: {why or 'the model is over 2 GB'}")
+        if ranges:
+            parts = map_over_graph(ex, [graph], [(named, opt_level, a, b) for a, b in ranges], _batch_sums_task,
+                                   data=data, what="bias-correct: means",
+                                   labels=[f"means of shard {k} (samples {a}-{b - 1})"
+                                           for k, (a, b) in enumerate(ranges)])
+            if parts is not None:
+                per_batch = [x for part in parts for x in part]
+            why = why or TOO_BIG
+        if per_batch is None:
+            ctx.remark("QC404", f"bias-correct measures in this process: {why}")
     if per_batch is None:
         per_batch = _batch_sums(graph, named, data, opt_level, ctx.threads, ctx.diagnostics)
     sums: dict[str, np.ndarray] = {}
@@ -173,6 +171,8 @@ def _dequantized_weight(node: gs.Node) -> np.ndarray | None:
         if x is None:
             return None
         s = const_value(qn.inputs[1])
+        if s is None:
+            return None
         z = const_value(qn.inputs[2]) if len(qn.inputs) > 2 and qn.inputs[2].name else None
         dtype = z.dtype if z is not None else np.uint8  # ONNX: no zero point means uint8
         q = quantize_linear(x, s, z, axis, block, dtype)
@@ -188,7 +188,7 @@ def _relu_normal_mean(beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
     return g * pdf + beta * cdf
 
 
-class BiasCorrect(Pass):
+class BiasCorrect(Pass["BiasCorrect.Options"]):
     """Bias correction: remove the mean shift quantization adds to each layer's output."""
 
     name = "bias-correct"
@@ -255,7 +255,10 @@ class BiasCorrect(Pass):
             if ex is None:
                 continue
             eps = Wq.astype(np.float64) - W.astype(np.float64)
-            shift = input_response(rn, LayerGeometry.of(rn, W.shape), eps, ex)
+            geo = LayerGeometry.of(rn, W.shape)
+            if geo is None:
+                continue
+            shift = input_response(rn, geo, eps, ex)
             add_output_bias(graph, node, -shift, names)
             corrected += 1
         if corrected:

@@ -30,21 +30,20 @@ from qcompiler.calib.data import CalibData, RandomSource
 from qcompiler.calib.observers import METHODS
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.pm import Pass, PassResult, option
-from qcompiler.ir.io import graph_fingerprint
+from qcompiler.ir.graph import graph_fingerprint
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
-from qcompiler.quant.session import default_observer, ensure_recipe
-from qcompiler.quant.targets import target_names
+from qcompiler.quant.session import PlanOptions, default_observer, ensure_recipe
 
 
-class Calibrate(Pass):
+class Calibrate(Pass["Calibrate.Options"]):
     """Collect activation statistics (streaming, through onnxruntime) for the tensors to quantize."""
 
     name = "calibrate"
     provides = frozenset({"calibrated"})
 
     @dataclass(frozen=True)
-    class Options:
+    class Options(PlanOptions):
         method: str = option("auto", "observer for every activation (auto: the recipe's, else the target's default)",
                              choices=("auto",) + METHODS)
         percentile: float = option(99.99, "percentile for method=percentile", min=50.0, max=100.0)
@@ -55,15 +54,6 @@ class Calibrate(Pass):
         batch_size: int = option(0, "batch size (0: the data's or the recipe's; models with a fixed batch dim use it)",
                                  min=0)
         max_samples: int = option(0, "use at most this many samples (0: all)", min=0)
-        target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
-                             choices=("auto",) + target_names())
-        precision: str = option("auto", "int8, fp8, or weight-only int4-weights / int8-weights (blocked MatMul/Gemm "
-                                        "weights, everything else float) (auto: the recipe's, else int8)",
-                                choices=("auto", "int8", "fp8", "int4-weights", "int8-weights"))
-        block_size: int = option(128, "inputs per weight block for the weight-only precisions", min=1)
-        attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
-                                          "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
-                                choices=("recipe", "float", "quantized"))
         hist_sample: int = option(0, "histogram every k-th element of each sample (0: auto, at most 8192 per sample "
                                      "and tensor; 1: all); the choice never depends on the batch size", min=0)
         histograms: bool = option(False, "collect histograms with min_max/moving_average too (the guard computes "
@@ -77,8 +67,7 @@ class Calibrate(Pass):
         from .insert_qdq import refuse_if_quantized
 
         refuse_if_quantized(graph)
-        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention,
-                               self.options.block_size)
+        recipe = ensure_recipe(ctx, self.options)
         validate_for_target(recipe)
         recipe.check_patterns(graph, ctx.diagnostics)
         plan = make_plan(graph, recipe, None)

@@ -40,8 +40,8 @@ from qcompiler.quant.numerics import int8_per_tensor_sqnr
 from qcompiler.quant.state import BatchNormStats, BNRecord
 
 from ._layers import Layer, range_spread
-from ._pairs import (channel_const_shape, clip_bounds, convert_clip, find_pairs, per_channel_operand,
-                     per_channel_values)
+from ._pairs import (chain_clip_bounds, channel_const_shape, clip_bounds, convert_clip, find_pairs,
+                     per_channel_operand, per_channel_values)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class CLEReport(State):
     layers: list[dict]
 
 
-class CLE(Pass):
+class CLE(Pass["CLE.Options"]):
     """Cross-layer equalization of per-channel weight ranges (exact in FP32)."""
 
     name = "cle"
@@ -100,11 +100,12 @@ class CLE(Pass):
             last = layers[id(p.l1)].kind.is_dense
             for op in p.ops:
                 if op.op == "Clip":
-                    lo, hi = clip_bounds(op)
+                    lo, hi = chain_clip_bounds(op)
                     if hi != np.inf and self.options.clip == "rescale":
                         bounds[id(op)] = np.full(ch, hi)
                 elif op.op in ("Min", "Max"):
                     idx = per_channel_operand(op, ch, p.channel_rank, last)
+                    assert idx is not None  # the chain takes Min/Max with a per-channel constant operand only
                     bounds[id(op)] = per_channel_values(op, idx, ch)
 
         # Sweep on the small per-channel max matrices M[o, i]; the weights are scaled once at the end:
@@ -159,7 +160,7 @@ class CLE(Pass):
             ch = layers[id(p.l1)].out_channels
             for op in list(p.ops):
                 if op.op == "Clip":
-                    lo, hi = clip_bounds(op)
+                    lo, hi = chain_clip_bounds(op)
                     if hi != np.inf and self.options.clip == "relu":
                         ctx.remark("QC303", f"cle replaced {op.name} (Clip [{lo:g}, {hi:g}]) by Relu: values above "
                                    f"{hi:g} are no longer clipped (clip=relu changes the model)", node=op.name)
@@ -171,6 +172,7 @@ class CLE(Pass):
                         self._set_bound(mn, 1, bounds[id(op)], p.channel_rank, names)
                 elif id(op) in bounds:
                     idx = per_channel_operand(op, ch, p.channel_rank, layers[id(p.l1)].kind.is_dense)
+                    assert idx is not None
                     self._set_bound(op, idx, bounds[id(op)], p.channel_rank, names)
 
         report = []

@@ -19,12 +19,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import bypass_node, ensure_sorted, replace_all_uses
-from qcompiler.ir.io import external_ref, name_unnamed_nodes
+from qcompiler.ir.graph import name_unnamed_nodes
+from qcompiler.ir.tensordata import external_ref
 from qcompiler.ir.query import is_graph_input, is_graph_output, subgraph_referenced_names
 from qcompiler.pm import Pass, PassResult, option
 
 
-class Cleanup(Pass):
+class Cleanup(Pass["Cleanup.Options"]):
     """Remove dead nodes, Identity and inference Dropout, merge duplicate initializers, toposort."""
 
     name = "cleanup"

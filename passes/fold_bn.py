@@ -53,7 +53,7 @@ class _Skip:
     message: str
 
 
-class FoldBN(Pass):
+class FoldBN(Pass["FoldBN.Options"]):
     """Fold inference BatchNormalization into the preceding Conv/ConvTranspose/Gemm/MatMul."""
 
     name = "fold-bn"
@@ -91,22 +91,24 @@ class FoldBN(Pass):
             x = bn.inputs[0]
             prod = producer(x)
             found = self._foldable(graph, prod, x, bn, protected, self.options.copy_shared)
-            if isinstance(found, Layer) and found.out_channels != s.size:
-                found = _Skip("no_producer", f"{prod.name} has {found.out_channels} output channels, the "
-                                             f"BatchNormalization {s.size}")
             if isinstance(found, Layer):
-                layer = found
-                layer.scale_out(s)
-                layer.add_bias(t.astype(np.float64))
-                layer.commit(graph, names)
-                out_t = layer.bias_node.outputs[0] if layer.bias_node is not None else prod.outputs[0]
-                replace_all_uses(graph, bn.outputs[0], out_t)
-                bn.inputs.clear()
-                bn.outputs.clear()
-                bn_stats = bn_stats.with_record(out_t.name, BNRecord(prod.name, beta, np.abs(gamma)))
-                ctx.remark("QC301", f"fold-bn folded {bn.name} into {prod.name}", node=prod.name)
-                bump("folded")
-                continue
+                assert prod is not None  # a Layer is only ever found at a producer
+                if found.out_channels != s.size:
+                    found = _Skip("no_producer", f"{prod.name} has {found.out_channels} output channels, the "
+                                                 f"BatchNormalization {s.size}")
+                else:
+                    layer = found
+                    layer.scale_out(s)
+                    layer.add_bias(t.astype(np.float64))
+                    layer.commit(graph, names)
+                    out_t = layer.bias_node.outputs[0] if layer.bias_node is not None else prod.outputs[0]
+                    replace_all_uses(graph, bn.outputs[0], out_t)
+                    bn.inputs.clear()
+                    bn.outputs.clear()
+                    bn_stats = bn_stats.with_record(out_t.name, BNRecord(prod.name, beta, np.abs(gamma)))
+                    ctx.remark("QC301", f"fold-bn folded {bn.name} into {prod.name}", node=prod.name)
+                    bump("folded")
+                    continue
             why = found.message
             bump(f"skipped.{found.kind}")
             if self.options.unfoldable == "keep":
@@ -156,7 +158,7 @@ class FoldBN(Pass):
 
     @staticmethod
     def _affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        gamma, beta, mean, var = (const_value(bn.inputs[i]).astype(np.float64).reshape(-1) for i in range(1, 5))
+        gamma, beta, mean, var = (np.asarray(const_value(bn.inputs[i]), np.float64).reshape(-1) for i in range(1, 5))
         eps = float(attr(bn, "epsilon", 1e-5))
         s = gamma / np.sqrt(var + eps)
         t = beta - s * mean

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from qcompiler.ir.edit import ensure_sorted
-from qcompiler.ir.io import read_external
+from qcompiler.ir.tensordata import read_external
 
 from qcompiler.pm import Pass, PassResult, option
 
 
-class FoldConstants(Pass):
+class FoldConstants(Pass["FoldConstants.Options"]):
     """Fold constant subgraphs (and static Shape ops) into initializers."""
 
     name = "fold-constants"

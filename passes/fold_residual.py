@@ -30,7 +30,7 @@ from qcompiler.ir.layers import LayerGeometry, LayerKind
 from ._layers import conv_geometry
 
 
-class FoldResidual(Pass):
+class FoldResidual(Pass["FoldResidual.Options"]):
     """Fold y = Conv(x) + x into the conv kernel (identity added at the kernel centre)."""
 
     name = "fold-residual"
@@ -74,7 +74,7 @@ class FoldResidual(Pass):
         g = conv_geometry(conv, W)
         if not g.unit_stride:
             return f"{conv.name} has strides {list(g.strides)} (the residual needs stride 1)"
-        if g.pads_begin is None:
+        if g.pads_begin is None or g.pads_end is None:
             return "padding depends on the input size"
         centre = []
         for k, d, pb, pe in zip(g.kernel, g.dilations, g.pads_begin, g.pads_end):
@@ -101,7 +101,9 @@ class FoldResidual(Pass):
 
     def _fold(self, graph, conv: gs.Node, add: gs.Node, names: Namer) -> None:
         W = const_value(conv.inputs[1])
+        assert W is not None  # _check refused layers without a constant weight
         centre = self._centre(conv, W)
+        assert not isinstance(centre, str)  # and those without a centre tap
         cout = W.shape[0]
         cin_g = W.shape[1]
         new = W.copy()

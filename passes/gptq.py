@@ -25,7 +25,7 @@ from qcompiler.quant.state import FP32Reference, QuantizationRecord
 __all__ = ["GPTQ", "GPTQReport"]
 
 
-class GPTQ(Pass):
+class GPTQ(Pass["GPTQ.Options"]):
     """GPTQ: re-round quantized weights with second-order (Hessian) error compensation."""
 
     name = "gptq"

@@ -38,7 +38,7 @@ class GuardReport(State):
         return {"sqnr_threshold_db": self.sqnr, **summary(self.result)}
 
 
-class Guard(Pass):
+class Guard(Pass["Guard.Options"]):
     """Keep float the few activation tensors that ruin an output (on by default in the named pipelines)."""
 
     name = "guard"

@@ -14,7 +14,7 @@ from qcompiler.ir.shapes import infer_shapes
 from qcompiler.pm import Pass, PassResult, option
 
 
-class InferShapes(Pass):
+class InferShapes(Pass["InferShapes.Options"]):
     """Infer and record tensor shapes and element types."""
 
     name = "infer-shapes"

@@ -26,15 +26,15 @@ import onnx_graphsurgeon as gs
 
 from qcompiler.calib.stats import CalibrationStats
 from qcompiler.diagnostics import QCompilerError
-from qcompiler.ir.io import copy_graph, iter_graphs
+from qcompiler.ir.graph import copy_graph, iter_graphs
 from qcompiler.ir.opset import upgrade_opset
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.emit import Emitter
 from qcompiler.quant.plan import make_plan
 from qcompiler.quant.recipe import validate_for_target
 from qcompiler.quant.state import FP32Reference, QuantizationRecord
-from qcompiler.quant.targets import get_target, target_names
-from qcompiler.quant.session import ensure_recipe
+from qcompiler.quant.targets import get_target
+from qcompiler.quant.session import PlanOptions, ensure_recipe
 
 
 def nothing_quantized(graph: gs.Graph, plan) -> str:
@@ -57,7 +57,7 @@ def refuse_if_quantized(graph: gs.Graph) -> None:
                                   "quantize it again")
 
 
-class InsertQDQ(Pass):
+class InsertQDQ(Pass["InsertQDQ.Options"]):
     """Insert Q/DQ nodes following the target's placement rules (TensorRT by default)."""
 
     name = "insert-qdq"
@@ -66,16 +66,7 @@ class InsertQDQ(Pass):
     invalidates = frozenset({"calibrated"})
 
     @dataclass(frozen=True)
-    class Options:
-        target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
-                             choices=("auto",) + target_names())
-        precision: str = option("auto", "int8, fp8, or weight-only int4-weights / int8-weights (blocked MatMul/Gemm "
-                                        "weights, everything else float) (auto: the recipe's, else int8)",
-                                choices=("auto", "int8", "fp8", "int4-weights", "int8-weights"))
-        block_size: int = option(128, "inputs per weight block for the weight-only precisions", min=1)
-        attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
-                                          "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
-                                choices=("recipe", "float", "quantized"))
+    class Options(PlanOptions):
         weights: str = option("dq", "weight storage: dq (int8/fp8 initializer + DequantizeLinear) or qdq "
                                     "(float + Q + DQ)",
                               choices=("dq", "qdq"))
@@ -86,8 +77,7 @@ class InsertQDQ(Pass):
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         refuse_if_quantized(graph)
-        recipe = ensure_recipe(ctx, self.options.target, self.options.precision, self.options.attention,
-                               self.options.block_size)
+        recipe = ensure_recipe(ctx, self.options)
         validate_for_target(recipe)
         tgt = get_target(recipe.target)
         need = tgt.opset_fp8 if recipe.precision == "fp8" or any(s.fp8 for _, s in recipe.specs()) else tgt.opset_int8

@@ -17,7 +17,7 @@ from qcompiler.pm import Pass, PassResult, option
 from .adaround import _inputs
 
 
-class LSQ(Pass):
+class LSQ(Pass["LSQ.Options"]):
     """LSQ/LSQ+: learn quantization step sizes (and optionally weights) against the FP32 model."""
 
     name = "lsq"

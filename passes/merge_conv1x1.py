@@ -59,7 +59,7 @@ def _bias(node: gs.Node, channels: int, dtype) -> np.ndarray | None:
     return np.zeros(channels, np.float64)
 
 
-class MergeConv1x1(Pass):
+class MergeConv1x1(Pass["MergeConv1x1.Options"]):
     """Merge a Conv with an adjacent 1x1 Conv into a single Conv."""
 
     name = "merge-conv1x1"

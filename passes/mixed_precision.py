@@ -29,7 +29,7 @@ class MixedPrecisionReport(State):
     sensitivity: dict[str, float]
 
 
-class MixedPrecision(Pass):
+class MixedPrecision(Pass["MixedPrecision.Options"]):
     """Keep the most sensitive layers in float until the output SQNR reaches a target."""
 
     name = "mixed-precision"
@@ -60,7 +60,7 @@ class MixedPrecision(Pass):
             ctx.state.put(MixedPrecisionReport([], current, {}))
             return PassResult(False, {"float_layers": 0})
         sens = layer_sensitivity(graph, ref, data, layers=layers, progress=ctx.progress_mode(),
-                                 executor=ctx.executor)
+                                 executor=ctx.executor, diagnostics=ctx.diagnostics)
         order = sorted(sens, key=lambda k: sens[k])
         floated: list[str] = []
         best = graph

@@ -31,7 +31,7 @@ import onnx_graphsurgeon as gs
 from qcompiler.calib import CollectOptions, ObserverConfig, collect
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.ir.edit import Namer
-from qcompiler.ir.io import copy_graph
+from qcompiler.ir.graph import copy_graph
 from qcompiler.ir.query import const_value, is_graph_output, producer, subgraph_referenced_names
 from qcompiler.ir.shapes import infer_shapes
 from qcompiler.pm import Pass, PassResult, option
@@ -60,7 +60,7 @@ def _absorbing_layer(graph: gs.Graph, x: gs.Tensor, axis: int) -> gs.Node | None
             return None
         p = producer(y)
     if p is not None and p.op == "Add":  # a MatMul's bias
-        m = next((producer(i) for i in p.inputs if producer(i) is not None and producer(i).op == "MatMul"), None)
+        m = next((q for q in map(producer, p.inputs) if q is not None and q.op == "MatMul"), None)
         if m is None or len(m.outputs[0].outputs) != 1:
             return None
         p = m
@@ -71,7 +71,7 @@ def _absorbing_layer(graph: gs.Graph, x: gs.Tensor, axis: int) -> gs.Node | None
     return p
 
 
-class SmoothQuant(Pass):
+class SmoothQuant(Pass["SmoothQuant.Options"]):
     """SmoothQuant: migrate activation outliers of layer inputs into their weights (exact in FP32)."""
 
     name = "smooth-quant"
@@ -197,10 +197,10 @@ class SmoothQuant(Pass):
             layer.commit(graph, names)
             return "layer"
         if ln is not None:
-            gamma = const_value(ln.inputs[1]).astype(np.float64)
+            gamma = np.asarray(const_value(ln.inputs[1]), np.float64)
             ln.inputs[1] = gs.Constant(names(ln.name + "_scale_smoothed"), (gamma / s).astype(np.float32))
             if len(ln.inputs) > 2 and ln.inputs[2].name:
-                beta = const_value(ln.inputs[2]).astype(np.float64)
+                beta = np.asarray(const_value(ln.inputs[2]), np.float64)
                 ln.inputs[2] = gs.Constant(names(ln.name + "_bias_smoothed"), (beta / s).astype(np.float32))
             return "ln"
         x = site.x

@@ -16,7 +16,7 @@ from qcompiler.pm import Pass, PassResult
 from qcompiler.quant.strip import strip_qdq
 
 
-class StripQDQ(Pass):
+class StripQDQ(Pass["StripQDQ.Options"]):
     """Remove Q/DQ nodes (dequantizing stored weights) so the model can be quantized again."""
 
     name = "strip-qdq"

@@ -15,20 +15,28 @@ from .ir import graph_to_text, load_model, save_model, verify_graph  # noqa: E40
 from .pm import PassContext, PassManager, parse_pipeline, print_pipeline, run_pipeline  # noqa: E402
 
 
-def compile_graph(graph, pipeline, **kwargs):
+def compile_graph(graph, pipeline, options=None, **kwargs):
     """Run ``pipeline`` on ``graph`` in place; see :func:`qcompiler.api.compile_graph`."""
     from .api import compile_graph as _compile
 
-    return _compile(graph, pipeline, **kwargs)
+    return _compile(graph, pipeline, options, **kwargs)
 
 
-def compile_model(input_path, output_path, pipeline, **kwargs):
+def compile_model(input_path, output_path, pipeline, options=None, **kwargs):
     """Load, compile and save atomically; see :func:`qcompiler.api.compile_model`."""
     from .api import compile_model as _compile
 
-    return _compile(input_path, output_path, pipeline, **kwargs)
+    return _compile(input_path, output_path, pipeline, options, **kwargs)
+
+
+def __getattr__(name):
+    if name == "CompileOptions":  # the options object (qcompiler.api), imported on first use
+        from .api import CompileOptions
+
+        return CompileOptions
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
 
 
 __all__ = ["Diagnostic", "QCompilerError", "Severity", "graph_to_text", "load_model", "save_model",
            "verify_graph", "PassContext", "PassManager", "parse_pipeline", "print_pipeline", "run_pipeline",
-           "compile_graph", "compile_model", "__version__"]
+           "compile_graph", "compile_model", "CompileOptions", "__version__"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import onnx_graphsurgeon as gs
 
@@ -20,7 +20,8 @@ from .fsutil import atomic_write
 from .ir import fix_input_shapes, load_model, save_model, verify_graph
 from .ir.shapes import reconcile_inputs, reconcile_shapes
 from .ir.verify import type_problems
-from .ir.io import get_meta, normalize_graph, writable_parent
+from .ir.graph import get_meta
+from .ir.io import normalize_graph, writable_parent
 from .pm import DumpIR, PassContext, PassManager, PipelineResult, Registry, Reproducer, Timing, load_pipeline
 from .pm.manager import initial_facts
 from .pm.state import StateStore
@@ -55,85 +56,126 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
     return out
 
 
-def make_context(*, config: Any = None, calib_data: Any = None, calib_cache: str | None = None,
-                 diagnostics: DiagnosticEngine | None = None, seed: int = 0, progress: bool | None = None,
-                 threads: int | None = None, allow_random_calibration: bool = False,
-                 calib_options: dict[str, Any] | None = None, executor: Any = None) -> PassContext:
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything a compile takes besides the model, the output path and the pipeline: one object that the command
+    line, :func:`compile_model`, :func:`compile_graph` and the torch front end all build (keyword arguments of those
+    functions are these fields)."""
+
+    #: the recipe: a path to YAML/JSON, a dict, or a Recipe
+    config: Any = None
+    #: calibration data: a path (.npz, folder of .npz/.npy/images), arrays, an iterable of feeds, a CalibData
+    calib_data: Any = None
+    #: how the data is read: batch_size, layout, skip_bad, ... (qcompiler.calib.data.DataOptions)
+    calib_options: Mapping[str, Any] | None = None
+    #: a folder of cached statistics, keyed by model, data and observers
+    calib_cache: str | None = None
+    #: NAME -> dims fixing symbolic input dims
+    input_shapes: Mapping[str, list[int]] | None = None
+    allow_random_calibration: bool = False
+    seed: int = 0
+    threads: int | None = None
+    #: a progress bar (None: when stderr is a terminal)
+    progress: bool | None = None
+    #: where independent work runs: "local", "ray", "ray:ADDRESS" or an Executor (which the caller closes)
+    executor: Any = None
+    verify_each: bool = False
+    dump_ir: str | None = None
+    timing: bool = False
+    reproducer: str | None = None
+    #: "auto" (a model over 2 GB writes its weights beside it), "always" or "never"
+    external_data: str = "auto"
+    #: write the recipe actually used beside the output (OUTPUT.recipe.json)
+    save_recipe: bool = True
+    #: a folder of pass state saved by a reproducer (DIR/state): the pipeline starts with it
+    state: str | os.PathLike | None = None
+    #: a warning (a pass that did nothing, a layer that fell back) fails the run and writes nothing
+    werror: bool = False
+
+    @classmethod
+    def of(cls, options: "CompileOptions | None", kwargs: Mapping[str, Any]) -> "CompileOptions":
+        """``options`` (or the defaults) with ``kwargs`` in place of its fields; an unknown name is a usage
+        error naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            raise UsageError(f"unknown compile option '{unknown[0]}'" + (f" (did you mean '{close[0]}'?)" if close
+                                                                         else ""), code="QC101",
+                             hint="the options are the fields of qcompiler.CompileOptions")
+        return replace(options or cls(), **kwargs)
+
+
+def make_context(options: CompileOptions | None = None, *, diagnostics: DiagnosticEngine | None = None,
+                 **kwargs: Any) -> PassContext:
+    """The pass context a compile runs in (``kwargs``: fields of :class:`CompileOptions`)."""
     from .executor import make_executor
 
-    ctx = PassContext(diagnostics=diagnostics if diagnostics is not None else DiagnosticEngine(), seed=seed,
-                      progress=progress, threads=threads,
-                      allow_random_calibration=allow_random_calibration, calib_cache=calib_cache,
-                      executor=make_executor(executor))
-    if config is not None:
+    o = CompileOptions.of(options, kwargs)
+    ctx = PassContext(diagnostics=diagnostics if diagnostics is not None else DiagnosticEngine(), seed=o.seed,
+                      progress=o.progress, threads=o.threads,
+                      allow_random_calibration=o.allow_random_calibration, calib_cache=o.calib_cache,
+                      executor=make_executor(o.executor))
+    if o.config is not None:
         from .quant.recipe import load_recipe
 
-        ctx.recipe = load_recipe(config)
-    if calib_data is not None:
+        ctx.recipe = load_recipe(o.config)
+    if o.calib_data is not None:
         from .calib.data import as_data_source
 
-        ctx.calib_data = as_data_source(calib_data, **(calib_options or {}))
+        ctx.calib_data = as_data_source(o.calib_data, **dict(o.calib_options or {}))
     return ctx
 
 
-def compile_graph(graph: gs.Graph, pipeline: Any, *, ctx: PassContext | None = None, verify_each: bool = False,
-                  instruments: list | None = None, registry: Registry | None = None,
-                  **ctx_kwargs: Any) -> CompileResult:
-    """Run a pipeline on a graph in place.  ``ctx_kwargs`` go to :func:`make_context`."""
+def compile_graph(graph: gs.Graph, pipeline: Any, options: CompileOptions | None = None, *,
+                  ctx: PassContext | None = None, instruments: list | None = None, registry: Registry | None = None,
+                  diagnostics: DiagnosticEngine | None = None, **kwargs: Any) -> CompileResult:
+    """Run a pipeline on a graph in place (``kwargs``: fields of :class:`CompileOptions`; only those that reach
+    the context and ``verify_each`` apply to a graph in memory)."""
+    o = CompileOptions.of(options, kwargs)
     spec = load_pipeline(pipeline, registry)
-    ctx = ctx or make_context(**ctx_kwargs)
-    pm = PassManager(spec, verify_each=verify_each, instruments=instruments or [], registry=registry)
+    ctx = ctx or make_context(o, diagnostics=diagnostics)
+    pm = PassManager(spec, verify_each=o.verify_each, instruments=instruments or [], registry=registry)
     pm.check_facts(ctx.facts | ctx.state.facts() | initial_facts(graph))
     result = pm.run(graph, ctx)
     return CompileResult(graph, str(spec), result, ctx.diagnostics, ctx)
 
 
-def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike, pipeline: Any, *,
-                  config: Any = None, calib_data: Any = None, calib_cache: str | None = None,
-                  input_shapes: dict[str, list[int]] | None = None, verify_each: bool = False,
-                  dump_ir: str | None = None, timing: bool = False, reproducer: str | None = None,
-                  diagnostics: DiagnosticEngine | None = None, external_data: str = "auto",
-                  seed: int = 0, progress: bool | None = None, threads: int | None = None,
-                  allow_random_calibration: bool = False, calib_options: dict[str, Any] | None = None,
-                  save_recipe: bool = True, state: str | os.PathLike | None = None,
-                  registry: Registry | None = None, werror: bool = False, executor: Any = None) -> CompileResult:
+def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike, pipeline: Any,
+                  options: CompileOptions | None = None, *, diagnostics: DiagnosticEngine | None = None,
+                  registry: Registry | None = None, **kwargs: Any) -> CompileResult:
     """Load ``input_path``, run ``pipeline``, verify, and write ``output_path`` atomically.
 
-    ``executor``: where independent work runs: ``"local"`` (default), ``"ray"``, ``"ray:ADDRESS"`` or an
-    :class:`~qcompiler.executor.Executor` (which the caller closes; one made here from a string is closed here).
-
-    ``werror``: a warning (a pass that did nothing, a layer that fell back) fails the run and writes nothing.
-
-    ``state`` is a folder of pass state saved by a reproducer (``DIR/state``): the pipeline starts with it,
-    so a saved ``insert-qdq`` failure replays with its calibration statistics."""
+    ``options`` (a :class:`CompileOptions`) and/or its fields as keyword arguments: ``compile_model(src, out,
+    "trt-int8", calib_data="calib.npz", threads=2)``.  ``executor``: an :class:`~qcompiler.executor.Executor`
+    given here is the caller's to close; one made here from a string is closed here.  ``state`` is a folder of
+    pass state saved by a reproducer (``DIR/state``): the pipeline starts with it, so a saved ``insert-qdq``
+    failure replays with its calibration statistics."""
+    o = CompileOptions.of(options, kwargs)
     out = check_output_path(input_path, output_path)
     spec = load_pipeline(pipeline, registry)  # syntax, names and options: fail before loading anything
     diags = diagnostics if diagnostics is not None else DiagnosticEngine()
-    ctx = make_context(config=config, calib_data=calib_data, calib_cache=calib_cache, diagnostics=diags, seed=seed,
-                       progress=progress, threads=threads, allow_random_calibration=allow_random_calibration,
-                       calib_options=calib_options, executor=executor)
+    ctx = make_context(o, diagnostics=diags)
     try:
-        return _compile_in(ctx, input_path, out, spec, diags, state=state, input_shapes=input_shapes,
-                           verify_each=verify_each, dump_ir=dump_ir, timing=timing, reproducer=reproducer,
-                           external_data=external_data, save_recipe=save_recipe, registry=registry, werror=werror)
+        return _compile_in(ctx, input_path, out, spec, diags, o, registry)
     finally:
-        if ctx.executor is not executor:
+        if ctx.executor is not o.executor:
             ctx.executor.close()
 
 
-def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec: Any, diags: DiagnosticEngine, *,
-                state: str | os.PathLike | None, input_shapes: dict[str, list[int]] | None, verify_each: bool,
-                dump_ir: str | None, timing: bool, reproducer: str | None, external_data: str, save_recipe: bool,
-                registry: Registry | None, werror: bool) -> CompileResult:
-    if state is not None:
-        ctx.state, saved_facts = StateStore.load(Path(state))
+def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec: Any, diags: DiagnosticEngine,
+                o: CompileOptions, registry: Registry | None) -> CompileResult:
+    if o.state is not None:
+        ctx.state, saved_facts = StateStore.load(Path(o.state))
         ctx.facts |= saved_facts
     graph = load_model(input_path, normalize=False)
     verify_graph(graph)  # the file as it is: normalizing an invalid graph could hide what is wrong with it
     fixes = normalize_graph(graph)  # declared shapes are hints: wrong ones must not steer the passes
-    inputs_changed = bool(input_shapes)
-    if input_shapes:
-        fix_input_shapes(graph, input_shapes)
+    inputs_changed = bool(o.input_shapes)
+    if o.input_shapes:
+        fix_input_shapes(graph, dict(o.input_shapes))
     if ctx.calib_data is not None and any(t.shape is None or len(t.shape) == 0 for t in graph.inputs):
         lines = reconcile_inputs(graph, ctx.calib_data.ranks())  # an input declared without a rank
         fixes = lines + fixes
@@ -146,13 +188,13 @@ def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec
         raise ModelLoadError(f"{input_path}: the model is not valid: {p.message}", code="QC203", node=p.node,
                              location=str(input_path), hint="fix or re-export the model")
     instruments: list[Any] = []
-    if dump_ir:
-        instruments.append(DumpIR(dump_ir))
-    if reproducer:
-        instruments.append(Reproducer(reproducer))
-    if timing:
+    if o.dump_ir:
+        instruments.append(DumpIR(o.dump_ir))
+    if o.reproducer:
+        instruments.append(Reproducer(o.reproducer))
+    if o.timing:
         instruments.append(Timing())
-    pm = PassManager(spec, verify_each=verify_each, instruments=instruments, verify_result=True, registry=registry)
+    pm = PassManager(spec, verify_each=o.verify_each, instruments=instruments, verify_result=True, registry=registry)
     pm.check_facts(ctx.facts | ctx.state.facts() | initial_facts(graph))
     if ctx.calib_data is not None:
         ctx.calib_data.check_signature(graph)
@@ -162,7 +204,7 @@ def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec
         raise QCompilerError(first.message, code=first.code, node=first.node, pass_name=first.pass_name,
                              hint=first.hint)
     warnings = [d for d in diags if d.severity == Severity.WARNING]
-    if werror and warnings:
+    if o.werror and warnings:
         w = warnings[0]
         more = f" (and {len(warnings) - 1} more warning(s))" if len(warnings) > 1 else ""
         raise QCompilerError(f"{w.message}{more}", code=w.code, node=w.node, pass_name=w.pass_name,
@@ -172,10 +214,10 @@ def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec
     from . import __version__
 
     meta.metadata_props["qcompiler.version"] = __version__
-    written = save_model(graph, out, external_data=external_data)
+    written = save_model(graph, out, external_data=o.external_data)
     extra: list[Path] = []
     record = ctx.state.get(QuantizationRecord)
-    if save_recipe and record is not None:
+    if o.save_recipe and record is not None:
         rp = Path(str(out) + ".recipe.json")
         atomic_write(rp, json.dumps(record.recipe_used, indent=2, sort_keys=True) + "\n")
         extra.append(rp)

@@ -1,5 +1,8 @@
 """The ``qcompiler`` command line.
 
+(Over 500 lines on purpose: one parser and one handler per subcommand, so the whole command surface reads in one
+place; the work itself is in qcompiler/api.py and the libraries.)
+
 Exit codes: 0 success, 1 errors (bad model, failed pass, lint errors), 2 usage errors (bad pipeline,
 unknown pass or option, wrong arguments), 3 internal errors (a bug: please report with the
 reproducer written by --reproducer DIR).
@@ -287,20 +290,20 @@ def _print_timing(ex, args) -> None:
 
 
 def cmd_compile(args) -> int:
-    from .api import compile_model
+    from .api import CompileOptions, compile_model
     from .ir.shapes import parse_input_shapes
 
     diags = DiagnosticEngine()
     shapes = parse_input_shapes(args.input_shape)
     ex = _make_executor(args)
     try:
-        res = compile_model(args.input, args.output, args.pipeline, config=args.config, calib_data=args.calib_data,
-                            calib_cache=args.calib_cache, input_shapes=shapes, verify_each=args.verify_each,
-                            dump_ir=args.dump_ir, timing=args.timing, reproducer=args.reproducer, diagnostics=diags,
-                            external_data=args.external_data, seed=args.seed, progress=_progress(args),
-                            threads=args.threads, allow_random_calibration=args.allow_random_calibration,
-                            calib_options=_calib_options(args), state=args.state, werror=args.Werror,
-                            executor=ex)
+        opts = CompileOptions(
+            config=args.config, calib_data=args.calib_data, calib_options=_calib_options(args),
+            calib_cache=args.calib_cache, input_shapes=shapes, allow_random_calibration=args.allow_random_calibration,
+            seed=args.seed, threads=args.threads, progress=_progress(args), executor=ex,
+            verify_each=args.verify_each, dump_ir=args.dump_ir, timing=args.timing, reproducer=args.reproducer,
+            external_data=args.external_data, state=args.state, werror=args.Werror)
+        res = compile_model(args.input, args.output, args.pipeline, opts, diagnostics=diags)
     except QCompilerError:
         _emit(list(diags), args)
         raise

@@ -16,10 +16,14 @@ What runs in parallel, and why the results are identical to a local run (tests/t
 * GPTQ: one group of layers per worker, each task gathering its layers' Hessians over all the samples and
   solving them (the same sums and the same solves as in one process).
 
-The model is put in Ray's object store once (``put``) and every task reads it from there; file-backed
-calibration data is read by the workers from its path (a shared filesystem on a cluster), in-memory data is put
-in the object store.  A task that dies is retried (``max_retries``); one that keeps failing is an error naming
-the shard or layer and the worker, and nothing is written.
+All four have one shape, :func:`map_over_graph`: a function mapped over items (shards, groups of layers, and
+next decoder blocks) of one or two graphs and the calibration data, results in item order.  It ships each graph
+once, serialized with its weights inline (a graph over protobuf's 2 GB limit is not shipped: it returns None and
+the caller works in this process, with a remark), puts the data once (file-backed calibration data is read by the
+workers from its path, a shared filesystem on a cluster; in-memory data travels in the object store), and gives
+each task its graphs, its data and its onnxruntime threads.  A task that dies is retried (``max_retries``); one
+that keeps failing is an error naming the shard or layer and the worker, and nothing is written.  The IR knows
+nothing of executors: it serializes and reads graphs, and this module moves them.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .diagnostics import QCompilerError, UsageError
 from .progress import Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx_graphsurgeon as gs
 
 INSTALL_HINT = "install the extra: pip install 'qcompiler[ray]' (Ray 2.x), or use --executor local"
 
@@ -226,6 +233,59 @@ def resolve(x: Any) -> Any:
 
         return ray.get(x)
     return x
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What a task of :func:`map_over_graph` is given: the graphs (in the order they were passed; None stays
+    None), the data and the onnxruntime threads it may use (None: onnxruntime's default)."""
+
+    graphs: tuple["gs.Graph | None", ...]
+    data: Any
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class _GraphTask:
+    fn: Callable[[TaskInputs, Any], Any]
+    graphs: tuple[Any, ...]  # what Executor.put returned for each serialized graph (None for None)
+    data: Any
+    item: Any
+
+
+def _run_graph_task(task: _GraphTask) -> Any:
+    """In a task (or this process): the graphs read back from their bytes, then ``fn(inputs, item)``."""
+    from .ir.io import graph_from_bytes
+
+    graphs = tuple(None if r is None else graph_from_bytes(resolve(r)) for r in task.graphs)
+    return task.fn(TaskInputs(graphs, resolve(task.data), task_threads()), task.item)
+
+
+def map_over_graph(executor: Executor, graphs: Sequence["gs.Graph | None"], items: Sequence[Any],
+                   fn: Callable[[TaskInputs, Any], Any], *, data: Any = None, what: str = "task",
+                   progress: str = "off", labels: Sequence[str] | None = None) -> list[Any] | None:
+    """``[fn(inputs, item) for item in items]`` on ``executor``, in item order; ``inputs`` carries ``graphs``
+    (each shipped once) and ``data`` (put once).  ``fn`` must be a module-level function (it is pickled).  None,
+    with nothing run, when a graph is over protobuf's 2 GB limit: the caller then works in this process and says
+    so."""
+    from .ir.io import serialize_for_runtime
+
+    refs: list[Any] = []
+    for g in graphs:
+        if g is None:
+            refs.append(None)
+            continue
+        blob = serialize_for_runtime(g)
+        if blob is None:
+            return None
+        refs.append(executor.put(blob))
+    data_ref = executor.put(data) if data is not None else None
+    tasks = [_GraphTask(fn, tuple(refs), data_ref, item) for item in items]
+    return executor.map(_run_graph_task, tasks, what=what, progress=progress, labels=labels)
+
+
+#: why work runs in this process although the executor is parallel (a remark's text)
+TOO_BIG = "the model is over 2 GB (it would be shipped to every worker)"
 
 
 def task_threads() -> int | None:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .ir import graph_to_text, load_model
-from .ir.io import constant_nbytes, get_meta, iter_graphs
+from .ir.graph import constant_nbytes, get_meta, iter_graphs
 from .ir.query import op_histogram
 
 

@@ -28,11 +28,12 @@ import onnx_graphsurgeon as gs
 from .diagnostics import QCompilerError
 from .fsutil import atomic_write
 from .ir import load_model
-from .ir.io import copy_graph, get_meta
+from .ir.graph import copy_graph, get_meta
 from .ir.query import const_value, produced_by
 from .ir.runtime import Session
 from .progress import mode_for
 from .quant.sensitivity import layer_sensitivity, quantized_layers, streamed_sqnr
+from .quant.qspec import dequantize_linear, storage_grid
 
 @dataclass
 class Comparison:
@@ -147,9 +148,9 @@ def _activation_histograms(ref: gs.Graph, qdq: gs.Graph, data, worst: list[str])
             continue
         t = q.inputs[0].name
         scale = float(np.asarray(const_value(q.inputs[1])).reshape(-1)[0])
-        zp = float(np.asarray(const_value(q.inputs[2])).astype(np.float64).reshape(-1)[0]) if len(q.inputs) > 2 else 0
-        signed = np.asarray(const_value(q.inputs[2])).dtype.kind == "i" if len(q.inputs) > 2 else False
-        lo, hi = ((-128 - zp) * scale, (127 - zp) * scale) if signed else ((0 - zp) * scale, (255 - zp) * scale)
+        zp = np.asarray(const_value(q.inputs[2])).reshape(-1)[:1] if len(q.inputs) > 2 else np.zeros(1, np.uint8)
+        qmin, qmax, _ = storage_grid(zp.dtype)
+        lo, hi = (float(v) for v in dequantize_linear(np.array([qmin, qmax]), np.asarray(scale), zp[:1]))
         h = copy_graph(ref)
         ts = h.tensors()
         if t not in ts:
@@ -195,7 +196,8 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
 
         ex = make_executor(executor)
         try:
-            sens = layer_sensitivity(qdq, ref, data, layers=layers, progress=mode_for(None), executor=ex)
+            sens = layer_sensitivity(qdq, ref, data, layers=layers, progress=mode_for(None), executor=ex,
+                                     diagnostics=diags)
         finally:
             if ex is not executor:
                 ex.close()

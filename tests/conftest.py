@@ -13,6 +13,17 @@ from .builders import parse
 # keep the zoo cache out of the home folder of CI runners unless the user set one
 os.environ.setdefault("QCOMPILER_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
 
+# property tests draw the same examples on every run (a CI result never depends on luck); set
+# HYPOTHESIS_PROFILE=explore to search with fresh random examples
+try:
+    from hypothesis import settings as _hyp
+
+    _hyp.register_profile("repeatable", derandomize=True)
+    _hyp.register_profile("explore", derandomize=False)
+    _hyp.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+
 
 @pytest.fixture(scope="session")
 def zoo():

@@ -122,12 +122,28 @@ class RealModel:
         return out
 
 
+def has_float8(path: str | os.PathLike) -> bool:
+    """The model holds float8 tensors (fp8 Q/DQ)."""
+    import onnx
+
+    fp8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+           onnx.TensorProto.FLOAT8E5M2FNUZ}
+    m = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type in fp8 for t in m.graph.initializer) or \
+        any(a.t.data_type in fp8 for n in m.graph.node if n.op_type == "Constant" for a in n.attribute)
+
+
 def session(path: str | os.PathLike):
-    """An onnxruntime CPU session as a user would open one (default optimizations), quiet."""
+    """An onnxruntime CPU session as a user would open one (default optimizations), quiet.  Models with float8
+    Q/DQ run at the basic level: onnxruntime 1.32's extended CPU optimizations compute U2Net's fp8 graph wrongly
+    (first output 0.06 dB against FP32 where the basic level gives 26.3 dB; docs/benchmarks.md), and TensorRT,
+    not onnxruntime's CPU kernels, is what an fp8 model is for."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if has_float8(path):
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

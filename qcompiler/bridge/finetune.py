@@ -371,7 +371,7 @@ def reference_graph(fp32: gs.Graph, qdq: gs.Graph, diagnostics: DiagnosticEngine
     """The FP32 graph exactly as it was right before quantization: the FP32-preserving passes that ran before
     ``calibrate`` (recorded in the QDQ model's metadata) are replayed on the FP32 model, so layer names,
     folded weights and layer outputs line up with the QDQ graph."""
-    from ..ir.io import get_meta
+    from ..ir.graph import get_meta
     from ..pm import PassContext, load_pipeline, run_pipeline
     from ..pm.pipeline import Element, PipelineSpec, RepeatSpec, expand
     from ..pm.registry import default_registry

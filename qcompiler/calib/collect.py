@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
 from ..ir.edit import Namer
-from ..ir.io import copy_graph, iter_graphs
+from ..ir.graph import copy_graph, iter_graphs
 from ..ir.query import known_nonnegative, rank
 from ..ir.runtime import Session
 from ..ir.shapes import infer_shapes
@@ -364,14 +364,11 @@ def merge_stats(*shards: dict[str, TensorStats]) -> dict[str, TensorStats]:
     return out
 
 
-def _collect_shard(task: tuple) -> dict[str, TensorStats]:
-    """A Ray task (or a local call): one shard of the data through its own onnxruntime session."""
-    from ..executor import resolve, task_threads
-    from ..ir.io import graph_from_ref
-
-    model, data, requests, options, start, stop = task
-    opts = replace(options, threads=options.threads or task_threads(), progress="off")
-    return collect(graph_from_ref(model), requests, resolve(data).shard(start, stop), options=opts)
+def _collect_shard(inputs, task: tuple) -> dict[str, TensorStats]:
+    """A task (or a local call): one shard of the data through its own onnxruntime session."""
+    requests, options, start, stop = task
+    opts = replace(options, threads=options.threads or inputs.threads, progress="off")
+    return collect(inputs.graphs[0], requests, inputs.data.shard(start, stop), options=opts)
 
 
 def shard_plan(data: CalibData, graph: gs.Graph, workers: int, batch_size: int | None = None,
@@ -403,7 +400,7 @@ def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: 
     order: min/max and histograms merge exactly, so the statistics (and the scales) are the ones one process gets.
     Falls back to one process (with a remark) when the data cannot say how many samples it holds or an
     observer depends on the batch order (moving_average)."""
-    from ..ir.io import put_graph
+    from ..executor import TOO_BIG, map_over_graph
 
     opts = options or CollectOptions()
     if executor is None or not executor.parallel:
@@ -411,19 +408,19 @@ def collect_sharded(graph: gs.Graph, requests: dict[str, ObserverConfig], data: 
     ranges, why = shard_plan(data, graph, executor.workers, opts.batch_size)
     if why is None and any(c.method == "moving_average" for c in requests.values()):
         why = "moving_average depends on the order of the batches"
-    model_ref = put_graph(executor, graph) if why is None else None
-    if why is None and model_ref is None:
-        why = "the model is over 2 GB (it would be shipped to every worker)"
-    if why is not None or ranges is None:
+    parts = None
+    if why is None and ranges is not None:
+        data.check_signature(graph)
+        t0 = time.perf_counter()
+        parts = map_over_graph(executor, [graph], [(requests, opts, a, b) for a, b in ranges], _collect_shard,
+                               data=data, what="calibrate", progress=opts.progress,
+                               labels=[f"calibration shard {k} (samples {a}-{b - 1})"
+                                       for k, (a, b) in enumerate(ranges)])
+        why = TOO_BIG if parts is None else None
+    if parts is None:
         if diagnostics is not None:
             diagnostics.remark("QC404", f"calibration runs in this process: {why}")
         return collect(graph, requests, data, diagnostics=diagnostics, options=options, timings=timings, kept=kept)
-    data.check_signature(graph)
-    data_ref = executor.put(data)
-    t0 = time.perf_counter()
-    parts = executor.map(_collect_shard, [(model_ref, data_ref, requests, opts, a, b) for a, b in ranges],
-                         what="calibrate", progress=opts.progress,
-                         labels=[f"calibration shard {k} (samples {a}-{b - 1})" for k, (a, b) in enumerate(ranges)])
     merged = merge_stats(*parts)
     samples = sum(int(next(iter(p.values())).extra.get("samples", 0)) for p in parts if p)
     for st in merged.values():

@@ -12,8 +12,8 @@ _ort.set_default_logger_severity(4)  # onnxruntime logs are noise: its errors re
 _G_LOGGER.severity = _G_LOGGER.ERROR
 
 # imported after the loggers are silenced (E402)
-from .io import (ModelMeta, copy_graph, export_model, get_meta, import_model, iter_graphs,  # noqa: E402
-                 load_model, name_unnamed_nodes, read_model_proto, save_model, serialize_for_runtime)
+from .graph import ModelMeta, copy_graph, get_meta, iter_graphs, name_unnamed_nodes  # noqa: E402
+from .io import export_model, import_model, load_model, read_model_proto, save_model, serialize_for_runtime  # noqa: E402
 from .shapes import fix_input_shapes, infer_shapes, parse_input_shapes  # noqa: E402
 from .text import graph_to_text  # noqa: E402
 from .verify import structural_problems, verify_graph  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .io import iter_graphs
+from .graph import iter_graphs
 
 
 class Namer:

@@ -8,7 +8,8 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from ..diagnostics import QCompilerError
-from .io import export_model, get_meta, import_model
+from .io import export_model, import_model
+from .graph import get_meta
 
 
 def replace_graph_contents(dst: gs.Graph, src: gs.Graph) -> None:

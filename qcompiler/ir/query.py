@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .io import constant_type_name, onnx_type_name
+from .graph import constant_type_name, onnx_type_name
 
 
 def producer(t: gs.Tensor) -> gs.Node | None:
@@ -239,3 +239,15 @@ def known_nonnegative(t: gs.Tensor, depth: int = 0) -> bool:
             return any(known_nonnegative(i, depth + 1) for i in ins)
         return all(known_nonnegative(i, depth + 1) for i in ins)
     return False
+
+
+#: ops whose first k inputs carry data and the rest parameters (Resize's roi/scales/sizes, Pad's pads, ...)
+_DATA_INPUTS = {"Resize": 1, "Upsample": 1, "Pad": 1, "Slice": 1, "Reshape": 1, "Expand": 1, "Tile": 1,
+                "Gather": 1, "GatherElements": 1, "Squeeze": 1, "Unsqueeze": 1, "ReduceMean": 1, "ReduceMax": 1,
+                "ReduceMin": 1, "ReduceSum": 1, "TopK": 1, "Clip": 1}
+
+
+def data_inputs(node: gs.Node) -> list[gs.Tensor]:
+    """The inputs of ``node`` that carry data (activations), not parameters such as Resize's scales."""
+    k = _DATA_INPUTS.get(node.op)
+    return list(node.inputs[:k] if k is not None else node.inputs)

@@ -53,7 +53,8 @@ def _light_model(graph: gs.Graph) -> tuple[bytes, list[str], list[np.ndarray]]:
     import onnx
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
-    from .io import export_model, iter_graphs
+    from .io import export_model
+    from .graph import iter_graphs
 
     swapped: list[tuple[gs.Constant, object]] = []
     names: list[str] = []

@@ -7,7 +7,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import QCompilerError, UsageError
-from .io import export_model, iter_graphs
+from .io import export_model
+from .graph import iter_graphs
 from .verify import strip_weights
 
 

@@ -8,7 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import VerificationError
-from .io import PROTO_LIMIT, _all_tensor_protos, export_model, model_nbytes, tensor_nbytes
+from .io import PROTO_LIMIT, export_model
+from .tensordata import all_tensor_protos, model_nbytes, tensor_nbytes
 
 #: Operator domains that onnxruntime and TensorRT know (others need a custom-op library).
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "trt", "ai.onnx.preview.training"}
@@ -114,7 +115,7 @@ def checker_problems(graph: gs.Graph, *, full_check: bool = False) -> list[Probl
 
 def _zero_external(graph: onnx.GraphProto) -> None:
     """External tensors left (in subgraphs, or small): zero bytes in the proto, for the checker's eyes only."""
-    for t in _all_tensor_protos(graph):
+    for t in all_tensor_protos(graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             n = tensor_nbytes(t)
             del t.external_data[:]

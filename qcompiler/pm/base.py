@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .options import NoOptions, build_options, options_dict
 
@@ -41,7 +41,11 @@ class PassResult:
         return PassResult(False, dict(stats))
 
 
-class Pass:
+#: a pass's options dataclass (``class FoldBN(Pass["FoldBN.Options"])``: ``self.options`` is typed from there)
+OptionsT = TypeVar("OptionsT")
+
+
+class Pass(Generic[OptionsT]):
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -61,7 +65,7 @@ class Pass:
             raise TypeError("give either an Options instance or keyword options, not both")
         if not isinstance(options, self.Options):
             raise TypeError(f"{self.name}: options must be {self.Options.__qualname__}, not {type(options).__name__}")
-        self.options = options
+        self.options: OptionsT = options  # type: ignore[assignment]  # checked against Options just above
 
     def call(self, graph: "gs.Graph", ctx: "PassContext") -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..ir.io import copy_graph, save_model
+from ..ir.io import save_model
+from ..ir.graph import copy_graph
 from ..ir.text import graph_to_text
 
 

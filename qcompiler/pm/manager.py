@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import FactOrderError, PassError, QCompilerError, VerificationError
-from ..ir.io import graph_fingerprint, iter_graphs
+from ..ir.graph import graph_fingerprint, iter_graphs
 from ..ir.verify import verify_graph
 from .registry import Registry, default_registry
 from .base import Pass, PassResult

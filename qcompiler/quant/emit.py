@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine, QCompilerError
 from ..ir.edit import Namer, constant
-from ..ir.io import iter_graphs
+from ..ir.graph import iter_graphs
 from ..ir.query import producer, require_const
 from .plan import ActPoint, Plan, WeightPoint
 from .qspec import QSpec, affine_params, broadcast_qparams, dequantize_linear

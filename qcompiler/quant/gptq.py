@@ -1,5 +1,8 @@
 """GPTQ: layer-wise second-order weight rounding (Frantar et al. 2023), in numpy, from the ONNX graph alone.
 
+(Over 500 lines on purpose: the math, the im2col views of each layer kind and the driver that gathers Hessians
+are one algorithm; the parallel part is a task for qcompiler/executor.map_over_graph.)
+
 A weighted layer is seen as a matrix ``W`` [rows, K] acting on input vectors ``x`` [K] (rows: output channels;
 K: input channels times kernel taps, the im2col view of a convolution).  With ``H = 2 X^T X`` from the layer's
 calibration inputs, GPTQ quantizes the columns of ``W`` one at a time and spreads each column's rounding error
@@ -229,7 +232,7 @@ def collect_hessians(reference, items: list[dict], data, *, max_samples: int, th
     quantized model (activations through their Q/DQ, earlier layers rounded to nearest) and ``item["C"]`` =
     2 X_fp^T X / n is gathered too: the cross term that lets GPTQ aim at the FP32 layer's output from the
     quantized input (:func:`asymmetric_target`)."""
-    from ..ir.io import copy_graph
+    from ..ir.graph import copy_graph
     from ..ir.runtime import Session
 
     def probe(graph, names, level):
@@ -498,16 +501,13 @@ def _balanced(items: list[dict], n: int) -> list[list[int]]:
     return [sorted(g) for g in groups if g]
 
 
-def _gptq_task(task: tuple) -> list[tuple]:
-    """A Ray task: the Hessians of a group of layers over all the data (from its own sessions), then their
-    solves; only the rounded weights travel back."""
-    from ..executor import resolve, task_threads
-    from ..ir.io import graph_from_ref
-
-    ref_ref, q_ref, data_ref, items, max_samples, kw = task
-    quantized = graph_from_ref(q_ref) if q_ref is not None else None
-    collect_hessians(graph_from_ref(ref_ref), items, resolve(data_ref), max_samples=max_samples,
-                     threads=task_threads(), quantized=quantized)
+def _gptq_task(inputs, task: tuple) -> list[tuple]:
+    """A task: the Hessians of a group of layers over all the data (from its own sessions), then their solves;
+    only the rounded weights travel back."""
+    reference, quantized = inputs.graphs
+    items, max_samples, kw = task
+    collect_hessians(reference, items, inputs.data, max_samples=max_samples, threads=inputs.threads,
+                     quantized=quantized)
     return [_solve_layer(_solve_task(it, **kw)) for it in items]
 
 
@@ -516,18 +516,15 @@ def _solve_on(executor, items: list[dict], reference: gs.Graph, quantized: gs.Gr
     """GPTQ's Hessians and solves on ``executor``: the layers in one group per worker, each group a task that
     reads the data itself.  A layer's Hessian is the same sum over the same samples as in one process, so the
     integers are the same; None when a model is too big to ship."""
-    from ..ir.io import put_graph
+    from ..executor import map_over_graph
 
-    ref_ref = put_graph(executor, reference)
-    q_ref = put_graph(executor, quantized) if quantized is not None else None
-    if ref_ref is None or (quantized is not None and q_ref is None):
-        return None
-    data_ref = executor.put(data)
     groups = _balanced(items, min(len(items), executor.workers))
-    tasks = [(ref_ref, q_ref, data_ref, [{k: items[i][k] for k in _PORTABLE} for i in g], max_samples, kw)
-             for g in groups]
-    parts = executor.map(_gptq_task, tasks, what="gptq", progress=progress,
-                         labels=[f"gptq of {len(g)} layer(s) from {items[g[0]]['node'].name}" for g in groups])
+    tasks = [([{k: items[i][k] for k in _PORTABLE} for i in g], max_samples, kw) for g in groups]
+    parts = map_over_graph(executor, [reference, quantized], tasks, _gptq_task, data=data, what="gptq",
+                           progress=progress,
+                           labels=[f"gptq of {len(g)} layer(s) from {items[g[0]]['node'].name}" for g in groups])
+    if parts is None:
+        return None
     out: list[Any] = [None] * len(items)
     for g, part in zip(groups, parts):
         for i, sol in zip(g, part):

@@ -1,5 +1,8 @@
 """The accuracy guard: find the few activation tensors int8 cannot carry and repair them, within a budget, fast.
 
+(Over 500 lines on purpose: one algorithm, its points, switchable graph, search and remedies, read top to bottom;
+how outputs are judged is qcompiler/quant/judge.py.)
+
 After ``insert-qdq`` the quantized model is compared with the FP32 one on a few calibration samples, output part
 by output part, each by what its user consumes (qcompiler/quant/judge.py: SQNR for values, decision disagreement
 for probabilities, top-class changes for class distributions, F1 of the decoded detections for a raw detection
@@ -42,7 +45,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError, DiagnosticEngine
 from ..ir.edit import Namer
-from ..ir.io import copy_graph, iter_graphs
+from ..ir.graph import copy_graph, iter_graphs
 from ..ir.layers import LayerGeometry, LayerKind
 from ..ir.query import const_value, producer
 from ..ir.runtime import Session

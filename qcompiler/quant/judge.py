@@ -39,10 +39,10 @@ from typing import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.io import copy_graph
+from ..ir.graph import copy_graph
 from ..ir.query import attr, producer, rank
 from ..ir.shapes import infer_shapes
-from .numerics import db
+from .numerics import db, db_each
 
 #: ops that move or reshape values without computing: a form is read through them
 SHAPE_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Slice",
@@ -339,7 +339,7 @@ class Judge:
                     tot_sig += float(sig.sum())
                     tot_noise += float(noise.sum())
                     keep = sig > 0
-                    per = 10 * np.log10(sig[keep] / np.maximum(noise[keep], sig[keep] * 1e-20))  # per sample
+                    per = db_each(sig[keep], np.maximum(noise[keep], sig[keep] * 1e-20))  # per sample
                     vals.extend(np.clip(per, -50.0, 200.0).tolist())
                 whole = float(np.clip(db(tot_sig, tot_noise), -50.0, 200.0))
                 out[part.name] = (min(whole, float(np.mean(vals)) if vals else 200.0),

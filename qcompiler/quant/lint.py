@@ -1,5 +1,7 @@
 """``qcompiler lint-trt``: offline TensorRT-readiness checks of a Q/DQ model (docs/tensorrt.md, L1-L22).
 
+(Over 500 lines on purpose: one check per TensorRT rule, each a few lines.)
+
 Errors are things TensorRT rejects or silently reads differently from onnxruntime (R rules);
 warnings are placements that cost int8/fp8 fusion (P rules); notes are informational.  Every
 finding names the node, the rule and the fix.
@@ -16,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import Diagnostic, Severity
 from ..ir import load_model
-from ..ir.io import get_meta, iter_graphs, onnx_type_name
+from ..ir.graph import get_meta, iter_graphs, onnx_type_name
 from ..ir.query import const_value, dtype_name, is_graph_output, produced_by, producer
 from ..ir.layers import LayerGeometry
 from .targets import get_target

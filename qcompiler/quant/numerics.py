@@ -19,6 +19,15 @@ def db(signal: float, noise: float) -> float:
     return float(10.0 * np.log10(signal / noise))
 
 
+def db_each(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """:func:`db` element by element (float64): inf where the noise is zero, -inf where the signal is."""
+    signal = np.asarray(signal, np.float64)
+    noise = np.asarray(noise, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 10.0 * np.log10(signal / noise)
+    return np.where(noise <= 0, np.inf, np.where(signal <= 0, -np.inf, out))
+
+
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio of ``got`` against ``ref``, in dB (inf when identical)."""
     ref = np.asarray(ref, dtype=np.float64)

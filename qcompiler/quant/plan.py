@@ -1,5 +1,7 @@
 """Where Q/DQ go: the placement plan, computed from the graph, the recipe and the target's rules.
 
+(Over 500 lines on purpose: one method per placement step, each short, in the order targets run them.)
+
 ``calibrate`` uses the plan to know which tensors to observe; ``insert-qdq`` uses the same plan to
 emit the nodes, so what is calibrated is exactly what is quantized.  Every layer left in float gets
 a reason (``plan.float_nodes``), reported as a QC504 remark.
@@ -28,7 +30,7 @@ import onnx_graphsurgeon as gs
 
 from ..diagnostics import DiagnosticEngine, RecipeError
 from ..ir.layers import LayerGeometry
-from ..ir.query import attr, const_source, const_value, is_graph_output, produced_by, producer
+from ..ir.query import attr, const_source, const_value, data_inputs, is_graph_output, produced_by, producer
 from .qspec import QSpec
 from .recipe import Recipe
 from .targets import Target, get_target
@@ -417,10 +419,8 @@ class _Planner:
                 cfg = self.recipe.resolve(n)
                 if cfg.activation is None:
                     continue
-                for k, i in enumerate(n.inputs):
-                    if n.op == "Resize" and k > 0:
-                        break
-                    self.request(i, n, k, cfg.activation, "ORT1")
+                for k, i in enumerate(data_inputs(n)):
+                    self.request(i, n, k, cfg.activation, tgt.io_rule)
                 quantized.append(n)
         for n in quantized:
             cfg = self.recipe.resolve(n)
@@ -433,7 +433,7 @@ class _Planner:
             for c in list(out.outputs):
                 for k, i in enumerate(c.inputs):
                     if i is out:
-                        self.request(out, c, k, cfg.activation, "ORT1")
+                        self.request(out, c, k, cfg.activation, tgt.io_rule)
 
     def concat_groups(self) -> None:
         requested = {a.tensor for a in self.plan.acts}
@@ -499,7 +499,7 @@ STEPS = {"weighted": "weighted_ops", "recurrent": "recurrent", "io-ops": "io_ops
 def make_plan(graph: gs.Graph, recipe: Recipe, diagnostics: DiagnosticEngine | None = None) -> Plan:
     """The plan of the model and of every If/Loop/Scan body in it (each placed with its own graph's rules;
     a body's Q/DQ stay inside the body, on outer-scope tensors too)."""
-    from ..ir.io import iter_graphs
+    from ..ir.graph import iter_graphs
 
     plan = Plan(get_target(recipe.target), recipe)
     shared = {"first": True}

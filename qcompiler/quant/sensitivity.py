@@ -9,15 +9,14 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir.io import copy_graph
+from ..diagnostics import DiagnosticEngine
+from ..ir.graph import copy_graph
 from ..ir.layers import WEIGHTED_OPS
 from ..ir.query import producer
 from ..ir.runtime import Session
 from ..progress import Progress
 from .numerics import db
 from .strip import float_inputs
-
-
 
 
 def quantized_layers(g: gs.Graph) -> list[gs.Node]:
@@ -96,26 +95,27 @@ def _unquantize(qdq: gs.Graph, reference: gs.Graph, which) -> gs.Graph:
 
 
 def layer_sensitivity(qdq: gs.Graph, reference: gs.Graph, data, *, layers: list[gs.Node] | None = None,
-                      progress: str = "off", executor: Any = None) -> dict[str, float]:
+                      progress: str = "off", executor: Any = None,
+                      diagnostics: DiagnosticEngine | None = None) -> dict[str, float]:
     """Output SQNR with only one layer quantized, for each quantized layer.  With a parallel ``executor`` the
     layers are split into groups, one task each; every evaluation is the same run as here, so the numbers (and
     the ranking) are identical."""
     layers = layers if layers is not None else quantized_layers(qdq)
     names = [n.name for n in layers]
     if executor is not None and executor.parallel and len(names) > 1:
-        from ..ir.io import put_graph
+        from ..executor import TOO_BIG, map_over_graph
 
-        q_ref, r_ref = put_graph(executor, qdq), put_graph(executor, reference)
-        if q_ref is not None and r_ref is not None:
-            d_ref = executor.put(data)
-            k = min(len(names), 4 * executor.workers)  # a few groups per worker: the slow layers even out
-            bounds = [len(names) * i // k for i in range(k + 1)]
-            groups = [names[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
-            parts = executor.map(_sensitivity_task, [(q_ref, r_ref, d_ref, g) for g in groups], what="sensitivity",
-                                 progress=progress, labels=[f"sensitivity of layers {g[0]} .. {g[-1]}"
-                                                            for g in groups])
+        k = min(len(names), 4 * executor.workers)  # a few groups per worker: the slow layers even out
+        bounds = [len(names) * i // k for i in range(k + 1)]
+        groups = [names[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+        parts = map_over_graph(executor, [qdq, reference], groups, _sensitivity_task, data=data,
+                               what="sensitivity", progress=progress,
+                               labels=[f"sensitivity of layers {g[0]} .. {g[-1]}" for g in groups])
+        if parts is not None:
             merged = {name: v for part in parts for name, v in part.items()}
             return {name: merged[name] for name in names}
+        if diagnostics is not None:
+            diagnostics.remark("QC404", f"the sensitivity scan runs in this process: {TOO_BIG}")
     return _sensitivity_of(qdq, reference, data, names, progress)
 
 
@@ -132,11 +132,7 @@ def _sensitivity_of(qdq: gs.Graph, reference: gs.Graph, data, names: list[str], 
     return res
 
 
-def _sensitivity_task(task: tuple) -> dict[str, float]:
-    """A Ray task: the sensitivity of a group of layers, the models and data fetched from the object store."""
-    from ..executor import resolve, task_threads
-    from ..ir.io import graph_from_ref
-
-    q_ref, r_ref, d_ref, names = task
-    return _sensitivity_of(graph_from_ref(q_ref), graph_from_ref(r_ref), resolve(d_ref),
-                           names, threads=task_threads())
+def _sensitivity_task(inputs, names: list[str]) -> dict[str, float]:
+    """A task: the sensitivity of a group of layers."""
+    qdq, reference = inputs.graphs
+    return _sensitivity_of(qdq, reference, inputs.data, names, threads=inputs.threads)

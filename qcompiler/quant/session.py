@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..diagnostics import RecipeError
+from ..pm.options import option
 from .recipe import Recipe, default_recipe
-from .targets import get_target
+from .targets import get_target, target_names
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """The options that decide the placement plan, one group shared by ``calibrate`` and ``insert-qdq`` (both must
+    plan the same tensors): their ``Options`` derive from it."""
+
+    target: str = option("auto", "deployment target (auto: the recipe's, else tensorrt)",
+                         choices=("auto",) + target_names())
+    precision: str = option("auto", "int8, fp8, or weight-only int4-weights / int8-weights (blocked MatMul/Gemm "
+                                    "weights, everything else float) (auto: the recipe's, else int8)",
+                            choices=("auto", "int8", "fp8", "int4-weights", "int8-weights"))
+    block_size: int = option(128, "inputs per weight block for the weight-only precisions", min=1)
+    attention: str = option("recipe", "attention MatMuls (two activations): recipe (its quantize_bmm), float, "
+                                      "or quantized (both inputs, as TensorRT's MHA fusion takes them)",
+                            choices=("recipe", "float", "quantized"))
 
 
 def default_observer(recipe: Recipe) -> str:
@@ -17,11 +36,12 @@ def default_observer(recipe: Recipe) -> str:
     return get_target(recipe.target).default(recipe.precision).observer
 
 
-def ensure_recipe(ctx, target: str = "auto", precision: str = "auto", attention: str = "recipe",
-                  block_size: int = 128) -> Recipe:
-    """ctx.recipe, created from the target/precision defaults when the user gave none.  A pass option
+def ensure_recipe(ctx, plan: PlanOptions | None = None) -> Recipe:
+    """ctx.recipe, created from the plan options (target/precision defaults) when the user gave none.  A pass option
     that contradicts a user recipe is an error rather than a silent override.  ``attention`` (float|quantized)
     sets the recipe's ``quantize_bmm`` option (attention MatMuls) unless the user's recipe says otherwise."""
+    plan = plan or PlanOptions()
+    target, precision, attention, block_size = plan.target, plan.precision, plan.attention, plan.block_size
     r = ctx.recipe
     if r is None:
         r = default_recipe("tensorrt" if target == "auto" else target, "int8" if precision == "auto" else precision,

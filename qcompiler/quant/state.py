@@ -74,7 +74,8 @@ class FP32Reference(State):
     graph: gs.Graph
 
     def save(self, directory: Path) -> dict[str, Any]:
-        from ..ir.io import copy_graph, save_model
+        from ..ir.io import save_model
+        from ..ir.graph import copy_graph
 
         directory.mkdir(parents=True, exist_ok=True)
         g = copy_graph(self.graph)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..ir.edit import Namer, replace_all_uses
-from ..ir.io import iter_graphs
+from ..ir.graph import iter_graphs
 from ..ir.query import const_value, producer, require_const
 from .qspec import dequantize_linear
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompiler.calib import ObserverConfig, as_data_source, collect
 from qcompiler.calib.collect import build_probe_graph
 from qcompiler.ir import import_model
-from qcompiler.ir.io import iter_graphs
+from qcompiler.ir.graph import iter_graphs
 
 F = TensorProto.FLOAT
 RNG = np.random.default_rng(3)

@@ -70,7 +70,7 @@ def test_trt_int8(exotic, name, tmp_path):
 def test_layers_inside_if_branches_are_quantized(exotic, tmp_path):
     """Both branches' convs get their Q/DQ inside the branch (on the outer tensor they read), lint-trt checks the
     bodies, and the quantized model computes what the FP32 one does."""
-    from qcompiler.ir.io import iter_graphs
+    from qcompiler.ir.graph import iter_graphs
 
     src, calib, feeds = _files(exotic, "if-subgraph", tmp_path)
     out = tmp_path / "o.onnx"

@@ -11,7 +11,7 @@ from onnx import TensorProto
 
 from qcompiler.api import compile_model
 from qcompiler.ir import load_model
-from qcompiler.ir.io import ExternalValues
+from qcompiler.ir.tensordata import ExternalValues
 
 from ..builders import G
 

@@ -14,7 +14,7 @@ import pytest
 
 from qcompiler.api import compile_model
 from qcompiler.ir import load_model
-from qcompiler.ir.io import iter_graphs
+from qcompiler.ir.graph import iter_graphs
 from qcompiler.passes.guard import GuardReport
 from qcompiler.quant.lint import lint_model
 

@@ -11,7 +11,8 @@ import pytest
 
 from qcompiler.diagnostics import ModelLoadError, ModelSaveError
 from qcompiler.ir import copy_graph, load_model, save_model, verify_graph
-from qcompiler.ir.io import MAX_IR_VERSION, ExternalValues, export_model
+from qcompiler.ir.io import MAX_IR_VERSION, export_model
+from qcompiler.ir.tensordata import ExternalValues
 from qcompiler.testing import assert_outputs_close, random_feeds, run
 
 from ..builders import parse

@@ -73,7 +73,7 @@ def test_folds_external_weights_and_leaves_layer_weights_on_disk(tmp_path, monke
     """A Transpose of a weight kept in an external data file folds like an in-memory one (graphsurgeon's folding
     cannot open the data file itself); a weight that only feeds a layer is not read."""
     from qcompiler.ir import load_model, save_model
-    from qcompiler.ir.io import external_ref
+    from qcompiler.ir.tensordata import external_ref
 
     b = G()
     x = b.input("x", [2, 64])

@@ -315,7 +315,7 @@ def test_if_bodies_are_quantized_and_a_branch_no_sample_took_stays_float(tmp_pat
     from onnx import TensorProto, helper, numpy_helper
 
     from qcompiler.diagnostics import Severity
-    from qcompiler.ir.io import iter_graphs
+    from qcompiler.ir.graph import iter_graphs
 
     F = TensorProto.FLOAT
     g = helper.make_graph(

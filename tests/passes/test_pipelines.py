@@ -30,7 +30,7 @@ def test_trt_int8_defaults():
     ("cle=true fold-residual=true", ["fold-residual,cle,cleanup,smooth-quant"], []),
     ("smooth=on guard=off", [",smooth-quant,calibrate"], ["guard", "histograms"]),
     ("merge=false", [], ["merge-conv1x1"]),
-    ("calib=entropy weights=qdq", ["calibrate{method=entropy ", "weights=qdq}"], []),
+    ("calib=entropy weights=qdq", ["precision=int8 method=entropy ", "weights=qdq}"], []),
     ("bias-correct=true finetune=adaround target-sqnr=40", ["insert-qdq{target=tensorrt precision=int8},guard,"
                                                             "bias-correct,adaround,mixed-precision{target-sqnr=40.0},"
                                                             "cleanup"], []),

@@ -205,7 +205,7 @@ def test_insert_qdq_reproducer_replays_with_its_statistics(tmp_path, zoo_model, 
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     # the same graph and weights; only the recorded pipeline metadata differs (insert-qdq alone)
-    from qcompiler.ir.io import get_meta, graph_fingerprint
+    from qcompiler.ir.graph import get_meta, graph_fingerprint
 
     replayed, expected = load_model(tmp_path / "r.onnx"), load_model(good)
     assert graph_fingerprint(replayed) == graph_fingerprint(expected)

@@ -114,3 +114,51 @@ def test_unknown_placement_step_is_an_error(tmp_path, monkeypatch, zoo_model, zo
         compile_graph(g, "fold-bn,calibrate,insert-qdq", config={"target": "bad"},
                       calib_data=as_data_source(str(zoo.calibration_npz("resnet", 16))))
     targets_pkg._TARGETS.clear()
+
+
+class _EntryPoint:
+    def __init__(self, name: str, value: str, obj):
+        self.name, self.value, self._obj = name, value, obj
+
+    def load(self):
+        return self._obj
+
+
+def _with_plugins(monkeypatch, *eps):
+    import importlib.metadata
+
+    real = importlib.metadata.entry_points
+
+    def fake(**kw):
+        return list(eps) if kw.get("group") == "qcompiler.targets" else real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    monkeypatch.setattr(targets_pkg, "_TARGETS", {})
+
+
+def test_a_target_from_a_plugin_package(tmp_path, monkeypatch, zoo_model, zoo):
+    """A package registers a Target in the qcompiler.targets entry-point group (a value or a function returning
+    one); recipes and pass options name it like a built-in, and its rules place the Q/DQ."""
+    ns: dict = {}
+    exec(NPU.replace('"test-npu"', '"plugin-npu"').replace('("npu",)', '("pnpu",)'), ns)
+    _with_plugins(monkeypatch, _EntryPoint("plugin-npu", "my_npu:make_target", lambda: ns["TARGET"]))
+    t = get_target("pnpu")
+    assert t.name == "plugin-npu" and t.to_dict()["placement"] == ["weighted"]
+    g = load_model(zoo_model("resnet"))
+    res = compile_graph(g, "fold-bn,calibrate,insert-qdq", config={"target": "plugin-npu"},
+                        calib_data=as_data_source(str(zoo.calibration_npz("resnet", 16))))
+    plan = res.context.state.require(QuantizationRecord).plan
+    assert plan.target is t and {a.rule for a in plan.acts} == {"P1"}
+    targets_pkg._TARGETS.clear()
+
+
+def test_a_broken_target_plugin_is_an_error_naming_it(monkeypatch):
+    _with_plugins(monkeypatch, _EntryPoint("odd", "odd_pkg:THING", object()))
+    with pytest.raises(RecipeError, match="target plugin 'odd' .* is a object, not a Target"):
+        get_target("tensorrt")
+    ns: dict = {}
+    exec(NPU.replace('"test-npu"', '"tensorrt"'), ns)
+    _with_plugins(monkeypatch, _EntryPoint("dup", "dup_pkg:TARGET", ns["TARGET"]))
+    with pytest.raises(RecipeError, match="target plugin 'tensorrt' has the name of a target qcompiler already has"):
+        get_target("tensorrt")
+    targets_pkg._TARGETS.clear()

@@ -59,7 +59,7 @@ def w_real_eval(task: dict) -> dict:
     """A development-set model's metric for one output (in its own process), with Q/DQ counts, lint and the
     share of MACs left float."""
     from qcompiler.ir import load_model
-    from qcompiler.ir.io import iter_graphs
+    from qcompiler.ir.graph import iter_graphs
     from qcompiler.quant.guard import layer_macs
     from qcompiler.quant.lint import lint_model
     from qcompiler.zoo import real

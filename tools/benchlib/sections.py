@@ -438,7 +438,7 @@ class Bench:
             return r
         try:
             from qcompiler.ir import load_model
-            from qcompiler.ir.io import iter_graphs
+            from qcompiler.ir.graph import iter_graphs
             from qcompiler.quant.guard import layer_macs
             from qcompiler.quant.lint import lint_model
 

@@ -3,8 +3,14 @@
 A target is one :class:`Target` value in a module of this package (``TARGET = Target(...)``):
 ``tensorrt.py`` (the product's main target; rules P1-P11 of docs/tensorrt.md) and ``onnxruntime.py``
 (onnxruntime's QDQ fusions for CPU latency).  Modules are discovered, so a new target (a DLA or a CPU NPU
-profile) is one new file here: the planner (qcompiler/quant/plan.py), the recipe checks and the passes only
-read these fields, never a target's name.
+profile) is one new file here, or, from another package, one entry point in the ``qcompiler.targets`` group
+naming a ``Target`` value (or a function returning one)::
+
+    [project.entry-points."qcompiler.targets"]
+    my-npu = "my_npu_plugin:TARGET"
+
+The planner (qcompiler/quant/plan.py), the recipe checks and the passes only read these fields, never a target's
+name.
 
 What a target says:
 
@@ -20,7 +26,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from ...diagnostics import RecipeError
 from ...ir.layers import LayerGeometry
@@ -110,6 +117,8 @@ class Target:
     pooling_ops: frozenset[str] = frozenset()
     #: non-weighted ops with quantized inputs and outputs (the ``io-ops`` step)
     io_quantized_ops: frozenset[str] = frozenset()
+    #: the rule the ``io-ops`` step's Q/DQ cite (a key of ``rules``)
+    io_rule: str = "io"
     #: ops absorbed into the preceding op's output quantization (``io-ops``: Conv+Relu)
     fused_activations: frozenset[str] = frozenset()
     #: ops whose input and output share one scale (``concat-groups``: exact for MaxPool)
@@ -136,6 +145,18 @@ class Target:
             return None
         return self.small_layers.reason(geo, first=first, fp8=fp8, who=self.display_name or self.name)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The target as plain data (sets as sorted lists): ``qcompiler passes --targets`` and a build's record."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, (set, frozenset)):
+                return sorted(v)
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+        return {k: plain(v) for k, v in asdict(self).items()}
+
     def default(self, precision: str) -> DefaultQuant:
         d = self.defaults.get(precision)
         if d is None:
@@ -147,14 +168,39 @@ class Target:
 _TARGETS: dict[str, Target] = {}
 
 
+def _plugin_targets() -> list[Target]:
+    """Targets other packages register in the ``qcompiler.targets`` entry-point group, in name order; one that does
+    not load or is not a Target is an error naming it."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in sorted(entry_points(group="qcompiler.targets"), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+            t = obj() if callable(obj) and not isinstance(obj, Target) else obj
+        except Exception as exc:  # noqa: BLE001 - a broken plugin
+            raise RecipeError(f"target plugin '{ep.name}' ({ep.value}) does not load: {exc}",
+                              hint="fix or uninstall the package that registers it") from None
+        if not isinstance(t, Target):
+            raise RecipeError(f"target plugin '{ep.name}' ({ep.value}) is a {type(t).__name__}, not a Target",
+                              hint="point the entry point at a qcompiler.quant.targets.Target value")
+        out.append(t)
+    return out
+
+
 def all_targets() -> dict[str, Target]:
-    """Every target of this package (each module's ``TARGET``), by name."""
+    """Every target: each module's ``TARGET`` in this package, then the plugins' (entry points), by name."""
     if not _TARGETS:
         found: dict[str, Target] = {}
         for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
             t = getattr(importlib.import_module(f"{__name__}.{mod.name}"), "TARGET", None)
             if isinstance(t, Target):
                 found[t.name] = t
+        for t in _plugin_targets():
+            if t.name in found:
+                raise RecipeError(f"target plugin '{t.name}' has the name of a target qcompiler already has",
+                                  hint="give the plugin's Target another name")
+            found[t.name] = t
         _TARGETS.update(found)
     return dict(_TARGETS)
 

@@ -36,5 +36,6 @@ TARGET = Target(
         "int8": DefaultQuant(("s8", "per_channel_symmetric"), ("u8", "per_tensor_affine"), "percentile"),
         "fp8": DefaultQuant(("fp8e4m3", "per_channel_symmetric"), ("fp8e4m3", "per_tensor_symmetric"), "min_max"),
     },
+    io_rule="ORT1",
     rules={"ORT1": "quantize inputs and outputs of quantized ops so onnxruntime picks integer kernels"},
 )
