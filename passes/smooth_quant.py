@@ -142,9 +142,16 @@ class SmoothQuant(Pass["SmoothQuant.Options"]):
             raise CalibrationError("smooth-quant needs calibration data (max |X| per channel)", code="QC401",
                                    hint="pass --calib-data")
         data = ctx.calib_data.limited(self.options.max_samples)
-        stats = collect(graph, {s.x.name: ObserverConfig("min_max", axis=s.axis) for s in sites}, data,
-                        diagnostics=ctx.diagnostics, options=CollectOptions(threads=ctx.threads,
-                                                                              progress=ctx.progress_mode()))
+        try:
+            stats = collect(graph, {s.x.name: ObserverConfig("min_max", axis=s.axis) for s in sites}, data,
+                            diagnostics=ctx.diagnostics, options=CollectOptions(threads=ctx.threads,
+                                                                                  progress=ctx.progress_mode()))
+        except CalibrationError as exc:
+            if exc.diagnostic.code != "QC409":
+                raise
+            ctx.warning("QC302", f"smooth-quant skipped every site: {exc.diagnostic.message}",
+                        node=exc.diagnostic.node)
+            return PassResult(False, {"sites": 0})
         names = Namer(graph)
         done = inserted = 0
         alpha = self.options.alpha

@@ -75,6 +75,7 @@ CODES: dict[str, str] = {
     "QC406": "calibration run failed, or a tensor took NaN/Inf",
     "QC407": "random calibration data",
     "QC408": "tensor never computed on the calibration data (If branch not taken)",
+    "QC409": "per-channel statistics whose channel count changes between batches",
     # recipes and targets
     "QC501": "invalid recipe",
     "QC502": "recipe not supported by target",

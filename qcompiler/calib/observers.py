@@ -117,6 +117,15 @@ class TensorStats:
     def update_minmax(self, mn: np.ndarray, mx: np.ndarray, count: int) -> None:
         mn = np.asarray(mn, dtype=np.float64)
         mx = np.asarray(mx, dtype=np.float64)
+        if self.min is not None and self.min.shape != mn.shape:
+            from ..diagnostics import CalibrationError
+
+            raise CalibrationError(f"tensor '{self.name}' has {self.min.size} channels on one batch and {mn.size} on "
+                                   f"another (axis {self.config.axis}): its channel count depends on the batch",
+                                   code="QC409", node=self.name,
+                                   hint="the model's shapes change with the batch size here (a Flatten or Reshape "
+                                        "over the batch axis?); check the model, or calibrate with one fixed batch "
+                                        "size (--batch-size)")
         self.min = mn.copy() if self.min is None else np.minimum(self.min, mn)
         self.max = mx.copy() if self.max is None else np.maximum(self.max, mx)
         if self.config.method == "moving_average":

@@ -148,7 +148,34 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
             t.shape = None
         changes.append(f"{len(unconfirmed)} more declaration(s) of this file that inference cannot check were "
                        "dropped")
+    if not _declarations_hold(graph):
+        # inference filled in shapes that contradict each other (a model whose dims cannot all hold: it would not
+        # run, and its declarations would make the written file fail ONNX's own check): keep the interface only
+        dropped = 0
+        for g in iter_graphs(graph):
+            io = {id(t) for t in g.inputs} | {id(t) for t in g.outputs}
+            for t in g.tensors().values():
+                if isinstance(t, gs.Variable) and id(t) not in io and t.shape is not None:
+                    t.shape = None
+                    dropped += 1
+        changes.append(f"inferred shapes contradict each other; {dropped} intermediate declaration(s) dropped "
+                       "(does the model run?)")
     return changes
+
+
+def _declarations_hold(graph: gs.Graph) -> bool:
+    """Strict ONNX inference accepts the graph with its declarations as they are (False: they conflict)."""
+    model = strip_weights(export_model(graph), keep_below=1 << 16)
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=True, data_prop=True)
+    except Exception:  # noqa: BLE001 - onnx raises InferenceError, ValidationError or RuntimeError
+        try:  # is it the declarations, or the graph itself (type_problems reports that)?
+            del model.graph.value_info[:]
+            onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=True, data_prop=True)
+        except Exception:  # noqa: BLE001
+            return True
+        return False
+    return True
 
 
 def _ort_output_shapes(model: onnx.ModelProto) -> dict[str, list]:

@@ -190,3 +190,38 @@ def test_serialization_round_trip():
     again = TensorStats.from_dict(st.to_dict())
     assert np.array_equal(again.hist, st.hist) and again.hist_exp == st.hist_exp
     assert float(compute_range(again)[1]) == float(compute_range(st)[1])
+
+
+def test_a_channel_count_that_changes_between_batches_is_an_error_naming_the_tensor():
+    """(A Flatten over the batch axis: [1, N*C] per batch, so per-channel statistics cannot be merged.)"""
+    from qcompiler.diagnostics import CalibrationError
+
+    st = TensorStats("flat", ObserverConfig("min_max", axis=1))
+    st.update_minmax(np.zeros(16), np.ones(16), 16)
+    with pytest.raises(CalibrationError, match="'flat' has 16 channels on one batch and 112 on another") as e:
+        st.update_minmax(np.zeros(112), np.ones(112), 112)
+    assert e.value.diagnostic.code == "QC409"
+
+
+def test_smooth_quant_skips_with_a_warning_when_channels_depend_on_the_batch(tmp_path):
+    """smooth-quant measures per channel; on a model whose Gemm input is Flatten(axis=0) (its width is the batch
+    times the channels) it warns and changes nothing instead of failing the compile."""
+    from qcompiler.calib.data import as_data_source
+    from qcompiler.pm import PassContext, run_pipeline
+
+    from ..builders import G
+
+    b = G()
+    x = b.input("x", ["N", 4])
+    flat = b.node("Flatten", [b.node("Relu", [x])], axis=0)
+    b.output(b.node("MatMul", [flat, b.init(b.rand(4, 8))]))
+    g = b.graph(infer_outputs=False)
+    rng = np.random.default_rng(0)
+    scale = np.array([1, 1, 1, 50], np.float32)  # an outlier channel: smooth-quant would act
+    feeds = [{"x": rng.standard_normal((1, 4)).astype(np.float32) * scale},
+             {"x": rng.standard_normal((3, 4)).astype(np.float32) * scale}]
+    ctx = PassContext(calib_data=as_data_source(feeds, layout="feed"))
+    res = run_pipeline(g, "smooth-quant{layers=all}", ctx)
+    assert not res.records[0].modified
+    warn = [d for d in ctx.diagnostics if d.code == "QC302" and "channels on one batch" in d.message]
+    assert warn and warn[0].severity.name == "WARNING"
