@@ -45,11 +45,24 @@ class QuantOptions:
     guard_sqnr: float = option(20.0, "the guard's threshold: output parts below this SQNR (dB) are unhealthy",
                                min=0.0)
     guard_budget: float = option(0.02, "most MACs (fraction) the guard may return to float", min=0.0, max=1.0)
+    float_type: str = option("fp16", "the float type of everything not quantized (float-type pass): fp16, bf16, or "
+                                     "fp32 (float parts as the model has them)", choices=("fp16", "bf16", "fp32"),
+                             name="float")
+    keep_io: bool = option(True, "graph inputs and outputs keep their declared types (false: they take the float "
+                                 "type)")
+
+
+def _float_steps(float_type: str, keep_io: bool) -> tuple[list[str], list[str]]:
+    """(first steps, last steps) for the float type: an fp16/bf16 model is brought to float32 for the passes
+    (nothing changes on a float32 model), and the float parts are written in the chosen type at the end."""
+    io = "" if keep_io else " keep-io=false"
+    return ["to-fp32"], [f"float-type{{type={float_type}{io}}}"]
 
 
 def _quant(target: str, precision: str):
     def build(o: QuantOptions) -> str:
-        prep = ["cleanup", "fold-constants", "fold-bn"]
+        first, last = _float_steps(o.float_type, o.keep_io)
+        prep = ["cleanup"] + first + ["fold-constants", "fold-bn"]
         if o.merge:
             prep.append("merge-conv1x1")
         if o.fold_residual:
@@ -76,6 +89,8 @@ def _quant(target: str, precision: str):
             tail.append(o.finetune)
         if o.target_sqnr > 0:
             tail.append(f"mixed-precision{{target-sqnr={format_value(o.target_sqnr)}}}")
+        if target == "tensorrt":  # onnxruntime's CPU kernels run float parts in fp32 anyway
+            tail += last
         return ",".join(prep + [cal, ins] + tail + ["cleanup"])
     return build
 
@@ -87,6 +102,9 @@ class WeightOnlyOptions:
                                  "awq+gptq", choices=("rtn", "awq", "gptq", "awq+gptq"))
     block_size: int = option(32, "inputs per weight block (the reduction axis; TensorRT takes 32, 64, 128)", min=1)
     bits: int = option(4, "weight bits: 4 or 8", choices=(4, 8))
+    float_type: str = option("fp16", "the float type of everything not quantized (float-type pass): fp16, bf16, or "
+                                     "fp32", choices=("fp16", "bf16", "fp32"), name="float")
+    keep_io: bool = option(True, "graph inputs and outputs keep their declared types")
     int8_below: float = option(26.0, "with gptq: a layer whose output SQNR at 4 bits stays below this (dB, GPTQ's own "
                                      "objective on the calibration data) gets 8-bit weights instead (0: never)",
                                min=0.0)
@@ -96,14 +114,15 @@ def _weight_only(target: str):
     def build(o: WeightOnlyOptions) -> str:
         precision = f"int{o.bits}-weights"
         common = f"target={target} precision={precision} block-size={o.block_size}"
-        steps = ["cleanup", "fold-constants", "cleanup"]
+        first, last = _float_steps(o.float_type, o.keep_io)
+        steps = ["cleanup"] + first + ["fold-constants", "cleanup"]
         if "awq" in o.method:
             steps.append(f"awq{{bits={o.bits} block-size={o.block_size}}}")
         steps += [f"calibrate{{{common}}}", f"insert-qdq{{{common}}}"]
         if "gptq" in o.method:
             fb = f" fallback-db={format_value(o.int8_below)}" if o.int8_below > 0 and o.bits < 8 else ""
             steps.append(f"gptq{{inputs=fp32{fb}}}")
-        return ",".join(steps + ["cleanup"])
+        return ",".join(steps + last + ["cleanup"])
     return build
 
 

@@ -32,6 +32,7 @@ from qcompiler.diagnostics import CalibrationError
 from qcompiler.ir.edit import Namer
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.state import BatchNormStats
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import Layer, LayerKind, conv_geometry, input_response
 from ._pairs import find_pairs
@@ -53,6 +54,7 @@ class AbsorbBias(Pass["AbsorbBias.Options"]):
         allow_border_error: bool = option(False, "also absorb into padded convs (inexact at the zero-padded border)")
         max_samples: int = option(256, "data source: samples to measure the minima on", min=1)
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         pairs, _ = find_pairs(graph, for_bias=True)
         pairs = [p for p in pairs if not p.no_activation]

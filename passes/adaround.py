@@ -17,6 +17,7 @@ from qcompiler.bridge.results import FinetuneResult  # noqa: F401 - the state cl
 from qcompiler.diagnostics import CalibrationError
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.state import FP32Reference
+from qcompiler.quant.floattype import in_fp32
 
 
 def _inputs(ctx, who: str, max_samples: int):
@@ -43,6 +44,7 @@ class AdaRound(Pass["AdaRound.Options"]):
         reg: float = option(0.01, "weight of the rounding regulariser (lambda)", min=0.0)
         max_samples: int = option(256, "calibration samples used", min=1)
 
+    @in_fp32  # a compiled fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         from qcompiler.bridge.finetune import adaround
 

@@ -28,6 +28,7 @@ from qcompiler.ir.graph import copy_graph
 from qcompiler.ir.query import is_graph_output, producer, subgraph_referenced_names
 from qcompiler.ir.runtime import Session
 from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import Layer
 from .smooth_quant import SHAPE_ONLY, SmoothQuant, _absorbing_layer, _Site
@@ -60,6 +61,7 @@ class AWQ(Pass["AWQ.Options"]):
         max_rows: int = option(2048, "activation rows (tokens, positions) kept per activation for the search",
                                min=16)
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         protected = subgraph_referenced_names(graph)
         sites: list[_Site] = []

@@ -45,6 +45,7 @@ from qcompiler.progress import Progress
 from qcompiler.quant.state import BatchNormStats, FP32Reference
 from qcompiler.quant.qspec import dequantize_linear, quantize_linear
 from qcompiler.quant.strip import dequantized_constant
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import input_response
 
@@ -203,6 +204,7 @@ class BiasCorrect(Pass["BiasCorrect.Options"]):
         min_relative: float = option(1e-3, "skip corrections smaller than this fraction of the channel's mean "
                                            "output magnitude", min=0.0)
 
+    @in_fp32  # a compiled fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         ref = ctx.state.require(FP32Reference, self.name).graph
         layers = [n for n in graph.nodes if n.op in WEIGHTED_OPS and len(n.inputs) > 1

@@ -38,6 +38,7 @@ from qcompiler.pm import Pass, PassResult, option
 from qcompiler.pm.state import State
 from qcompiler.quant.numerics import int8_per_tensor_sqnr
 from qcompiler.quant.state import BatchNormStats, BNRecord
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import Layer, range_spread
 from ._pairs import (chain_clip_bounds, channel_const_shape, clip_bounds, convert_clip, find_pairs,
@@ -72,6 +73,7 @@ class CLE(Pass["CLE.Options"]):
         measure: bool = option(False, "also record per-tensor int8 weight SQNR before/after of every equalized "
                                       "layer in the CLE report (range spreads are always recorded)")
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         pairs, skipped = find_pairs(graph, clip=self.options.clip)
         for node, why in skipped:

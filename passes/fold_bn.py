@@ -41,6 +41,7 @@ from qcompiler.ir.query import attr, const_value, is_graph_output, producer, ran
 from qcompiler.ir.shapes import infer_shapes
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.state import BatchNormStats, BNRecord
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import WEIGHTED_OPS, Layer, LayerKind, NotALayer, weight_exclusive
 
@@ -69,6 +70,7 @@ class FoldBN(Pass["FoldBN.Options"]):
         copy_shared: bool = option(False, "when the producer's weight is shared with another node, give the "
                                           "producer its own copy (grows the model) instead of refusing")
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         names = Namer(graph)
         protected = subgraph_referenced_names(graph)

@@ -26,6 +26,7 @@ from qcompiler.ir.query import const_value, is_graph_output, producer, subgraph_
 from qcompiler.pm import Pass, PassResult
 
 from qcompiler.ir.layers import LayerGeometry, LayerKind
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import conv_geometry
 
@@ -41,6 +42,7 @@ class FoldResidual(Pass["FoldResidual.Options"]):
     class Options:
         pass
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         names = Namer(graph)
         protected = subgraph_referenced_names(graph)

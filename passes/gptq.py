@@ -21,6 +21,7 @@ from qcompiler.diagnostics import CalibrationError
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.quant.gptq import GPTQReport, run_gptq
 from qcompiler.quant.state import FP32Reference, QuantizationRecord
+from qcompiler.quant.floattype import in_fp32
 
 __all__ = ["GPTQ", "GPTQReport"]
 
@@ -51,6 +52,7 @@ class GPTQ(Pass["GPTQ.Options"]):
                                          "below this many dB gets 8-bit weights on the same granularity (0: off)",
                                     min=0.0)
 
+    @in_fp32  # a compiled fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         if ctx.calib_data is None:
             raise CalibrationError("gptq needs calibration data (the layers' input Hessians)", code="QC401",

@@ -24,6 +24,7 @@ from qcompiler.pm.state import State
 from qcompiler.calib.observers import compute_range
 from qcompiler.quant.guard import GuardResult, apply_decisions, run_guard, summary
 from qcompiler.quant.state import FP32Reference, QuantizationRecord
+from qcompiler.quant.floattype import in_fp32
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Guard(Pass["Guard.Options"]):
         n = int(getattr(stats, "samples", 0) or 0)
         return int(min(48, max(16, n // max(rows, 1))))
 
+    @in_fp32  # a compiled fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         if ctx.calib_data is None:  # calibrated on random data (allow-random-calibration): nothing to judge with
             ctx.warning("QC604", "guard skipped: no calibration data to compare the outputs with FP32",

@@ -35,6 +35,7 @@ from qcompiler.quant.recipe import validate_for_target
 from qcompiler.quant.state import FP32Reference, QuantizationRecord
 from qcompiler.quant.targets import get_target
 from qcompiler.quant.session import PlanOptions, ensure_recipe
+from qcompiler.quant.floattype import in_fp32
 
 
 def nothing_quantized(graph: gs.Graph, plan) -> str:
@@ -75,6 +76,7 @@ class InsertQDQ(Pass["InsertQDQ.Options"]):
                                            "more than this factor keep their own scales (0: always share, P7)",
                                      min=0.0)
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         refuse_if_quantized(graph)
         recipe = ensure_recipe(ctx, self.options)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.floattype import in_fp32
 
 from .adaround import _inputs
 
@@ -33,6 +34,7 @@ class LSQ(Pass["LSQ.Options"]):
         plus: bool = option(False, "LSQ+: learnable offsets on affine (asymmetric) grids")
         max_samples: int = option(256, "calibration samples used", min=1)
 
+    @in_fp32  # a compiled fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         from qcompiler.bridge.finetune import lsq
 

@@ -36,6 +36,7 @@ from qcompiler.ir.query import const_value, is_graph_output, subgraph_referenced
 from qcompiler.pm import Pass, PassResult, option
 
 from qcompiler.ir.layers import LayerGeometry, LayerKind
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import conv_geometry
 
@@ -73,6 +74,7 @@ class MergeConv1x1(Pass["MergeConv1x1.Options"]):
         order: str = option("both", "which pairs to merge: kxk followed by 1x1, 1x1 followed by kxk, or both",
                             choices=("both", "kxk-1x1", "1x1-kxk"))
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         names = Namer(graph)
         stats: dict[str, int] = {}

@@ -17,6 +17,7 @@ from qcompiler.diagnostics import CalibrationError
 from qcompiler.pm import Pass, PassResult, option
 from qcompiler.pm.state import State
 from qcompiler.quant.state import FP32Reference
+from qcompiler.quant.floattype import in_fp32
 
 
 @dataclass
@@ -42,6 +43,7 @@ class MixedPrecision(Pass["MixedPrecision.Options"]):
         max_float: int = option(8, "at most this many layers go back to float", min=0)
         max_samples: int = option(128, "calibration samples used to measure", min=1)
 
+    @in_fp32  # a compiled fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         from qcompiler.ir.opset import replace_graph_contents
         from qcompiler.quant.sensitivity import float_layers, layer_sensitivity, quantized_layers, streamed_sqnr

@@ -35,6 +35,7 @@ from qcompiler.ir.graph import copy_graph
 from qcompiler.ir.query import const_value, is_graph_output, producer, subgraph_referenced_names
 from qcompiler.ir.shapes import infer_shapes
 from qcompiler.pm import Pass, PassResult, option
+from qcompiler.quant.floattype import in_fp32
 
 from ._layers import Layer
 
@@ -127,6 +128,7 @@ class SmoothQuant(Pass["SmoothQuant.Options"]):
             sites.append(_Site(x, layers, absorb, 1 if convs else -1, self._ranks.get(x.name, 0)))
         return sites
 
+    @in_fp32  # an fp16/bf16 graph: worked on in float32, its float type written back
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         sites = self._sites(graph, ctx)
         if not sites:

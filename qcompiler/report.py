@@ -180,7 +180,9 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = as_data_source(calib_data, **(calib_options or {}))
-    qdq = load_model(qdq_path)
+    from .quant.floattype import fp32_view
+
+    qdq = fp32_view(load_model(qdq_path))  # an fp16/bf16 model is measured in float32
     diags = DiagnosticEngine()
     ref = reference_graph(load_model(fp32_path), qdq, diags)
     data.check_signature(ref)

@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="write all numbers here")
     ap.add_argument("--md", default=None, help="write the Markdown report here")
+    ap.add_argument("--resume", action="store_true",
+                    help="real: reuse the rows an interrupted run in the same --workdir measured")
     ap.add_argument("--big-ort", action="store_true",
                     help="also run onnxruntime's histogram calibrators at 512 samples")
     args = ap.parse_args()

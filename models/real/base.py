@@ -108,8 +108,8 @@ class RealModel:
         err: dict[str, float] = {n: 0.0 for n in names}
         refs, gots = [], []
         for feed in self.eval_feeds():
-            a = dict(zip(names, ref_s.run(names, feed)))
-            b = dict(zip(names, q_s.run(names, feed)))
+            a = _float32(dict(zip(names, ref_s.run(names, _typed(ref_s, feed)))))
+            b = _float32(dict(zip(names, q_s.run(names, _typed(q_s, feed)))))
             for n in names:
                 if np.issubdtype(a[n].dtype, np.floating):
                     x, y = a[n].astype(np.float64), b[n].astype(np.float64)
@@ -120,6 +120,29 @@ class RealModel:
         out = self.compare(refs, gots)
         out["sqnr_db"] = {n: db(sig[n], err[n]) for n in names if sig[n] > 0}
         return out
+
+
+_ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _typed(sess, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feed in the float types the session's inputs declare (an fp16 model takes fp16 images)."""
+    want = {i.name: _ORT_FLOAT.get(i.type) for i in sess.get_inputs()}
+    return {k: v.astype(want[k]) if want.get(k) is not None and v.dtype.kind == "f" else v for k, v in feed.items()}
+
+
+def _float32(outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outs.items()}
+
+
+def has_bfloat16(path: str | os.PathLike) -> bool:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    bf16 = onnx.TensorProto.BFLOAT16
+    return any(t.data_type == bf16 for t in m.graph.initializer) or \
+        any(v.type.tensor_type.elem_type == bf16 for v in list(m.graph.value_info) + list(m.graph.input)
+            + list(m.graph.output))
 
 
 def has_float8(path: str | os.PathLike) -> bool:
@@ -137,13 +160,22 @@ def session(path: str | os.PathLike):
     """An onnxruntime CPU session as a user would open one (default optimizations), quiet.  Models with float8
     Q/DQ run at the basic level: onnxruntime 1.32's extended CPU optimizations compute U2Net's fp8 graph wrongly
     (first output 0.06 dB against FP32 where the basic level gives 26.3 dB; docs/benchmarks.md), and TensorRT,
-    not onnxruntime's CPU kernels, is what an fp8 model is for."""
+    not onnxruntime's CPU kernels, is what an fp8 model is for.  Models with bf16 parts run through
+    qcompiler.quant.floattype.emulated (onnxruntime's CPU kernels have no bf16)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if has_float8(path):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if has_bfloat16(path):  # onnxruntime's CPU kernels lack bf16: float32 compute with bf16 storage rounding
+        from qcompiler.ir import load_model
+        from qcompiler.ir.io import serialize_for_runtime
+        from qcompiler.quant.floattype import emulated
+
+        blob = serialize_for_runtime(emulated(load_model(path)))
+        assert blob is not None
+        return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -55,7 +55,7 @@ def collect_inputs(data, graph: gs.Graph, max_samples: int, diagnostics=None) ->
     return [b.feeds for b in d.batches(graph, diagnostics)]
 
 
-def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 300, lr: float = 1e-3,
+def _lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 300, lr: float = 1e-3,
         train_weights: bool = False, plus: bool = False, weight_lr: float = 1e-5, seed: int = 0,
         loss_fn: Callable | None = None, labels: list | None = None, progress: str = "off") -> FinetuneResult:
     torch = _setup(seed)
@@ -120,7 +120,7 @@ def lsq(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, 
     return FinetuneResult("lsq+" if plus else "lsq", iters, dt, dt / max(iters, 1), before, after, written)
 
 
-def adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 500,
+def _adaround(qdq: gs.Graph, fp32: gs.Graph, batches: list[dict[str, np.ndarray]], *, iters: int = 500,
              lr: float = 1e-2, reg: float = 0.01, beta_start: float = 20.0, beta_end: float = 2.0,
              warmup: float = 0.2, seed: int = 0, progress: str = "off", sample: int = 8,
              min_iters: int = 200, full_size: int = 4096, patience: int = 3) -> FinetuneResult:
@@ -272,7 +272,7 @@ def parse_milestones(text: str | dict | None) -> dict[str, int]:
     return out
 
 
-def qat(qdq: gs.Graph, fp32: gs.Graph, batches, *, epochs: int = 5, lr: float = 1e-3, scale_lr: float = 1e-3,
+def _qat(qdq: gs.Graph, fp32: gs.Graph, batches, *, epochs: int = 5, lr: float = 1e-3, scale_lr: float = 1e-3,
         milestones: dict[str, int] | str | None = None, loss_fn: Callable | None = None,
         labels: list | None = None, eval_fn: Callable[[Any], float] | None = None, eval_every: int = 1,
         seed: int = 0, progress: str = "off", diagnostics: DiagnosticEngine | None = None) -> FinetuneResult:
@@ -361,6 +361,25 @@ def qat(qdq: gs.Graph, fp32: gs.Graph, batches, *, epochs: int = 5, lr: float = 
     return FinetuneResult("qat", step, dt, dt / max(step, 1), before, last, written)
 
 
+def _in_fp32(train: Callable) -> Callable:
+    """A training entry point that takes compiled models whatever their float type: an fp16/bf16 graph computes in
+    float32 while it trains and gets its float type back (and its fp32 islands) when written back."""
+    import functools
+
+    @functools.wraps(train)
+    def run(qdq: gs.Graph, *args: Any, **kwargs: Any) -> FinetuneResult:
+        from ..quant.floattype import computing_in_fp32
+
+        with computing_in_fp32(qdq):
+            return train(qdq, *args, **kwargs)
+    return run
+
+
+lsq = _in_fp32(_lsq)
+adaround = _in_fp32(_adaround)
+qat = _in_fp32(_qat)
+
+
 def _key_of(node: gs.Node | None) -> str | None:
     from .module import _key
 
@@ -402,19 +421,41 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
                    train_weights: bool = False, seed: int = 0, progress: bool | None = None,
                    diagnostics: DiagnosticEngine | None = None, max_samples: int = 256, epochs: int = 5,
                    milestones: str | dict | None = None, executor: Any = None) -> str:
-    """``qcompiler finetune``: load, train, write back, verify, save atomically.
+    """``qcompiler finetune``: load, train, write back, verify, save atomically.  A model whose float parts are
+    fp16 or bf16 trains in float32 and gets its float type (and fp32 islands) back.
 
     ``executor`` (``"local"``, ``"ray"``, ``"ray:ADDRESS"`` or an Executor): GPTQ's Hessians and solves run as its
     tasks; AdaRound, LSQ and QAT train in this process (each layer's inputs depend on the layers before it), which
     a remark says."""
-
-    from ..calib.data import as_data_source
     from ..ir import load_model, save_model, verify_graph
+    from ..quant.floattype import computing_in_fp32
     from ..quant.lint import lint_graph
 
     diags = diagnostics if diagnostics is not None else DiagnosticEngine()
     qdq = load_model(qdq_path)
     lint_before = {(d.rule, d.node) for d in lint_graph(qdq).findings if d.severity >= Severity.ERROR}
+    with computing_in_fp32(qdq):
+        res = _finetune(qdq, fp32_path, method=method, calib_data=calib_data, calib_options=calib_options,
+                        iters=iters, lr=lr, train_weights=train_weights, seed=seed, progress=progress, diags=diags,
+                        max_samples=max_samples, epochs=epochs, milestones=milestones, executor=executor)
+    diags.remark("QC603", f"{res.method}: loss {res.loss_before:.4g} -> {res.loss_after:.4g} in {res.seconds:.1f} s "
+                          f"({1000 * res.seconds_per_iteration:.1f} ms per iteration)")
+    verify_graph(qdq)
+    lint = lint_graph(qdq)
+    new = [d for d in lint.findings if d.severity >= Severity.ERROR and (d.rule, d.node) not in lint_before]
+    if new:  # fine-tuning may not break what the input met (a W4A4 input may fail lint-trt as it came)
+        raise BridgeError(f"the fine-tuned model fails lint-trt: {new[0].message}", code="QC603")
+    save_model(qdq, out_path)
+    return out_path
+
+
+def _finetune(qdq: gs.Graph, fp32_path: str, *, method: str, calib_data: Any, calib_options: dict | None,
+              iters: int | None, lr: float | None, train_weights: bool, seed: int, progress: bool | None,
+              diags: DiagnosticEngine, max_samples: int, epochs: int, milestones: str | dict | None,
+              executor: Any) -> FinetuneResult:
+    from ..calib.data import as_data_source
+    from ..ir import load_model
+
     fp32 = reference_graph(load_model(fp32_path), qdq, diags)
     data = as_data_source(calib_data, **(calib_options or {}))
     data.check_signature(fp32)
@@ -446,12 +487,4 @@ def finetune_model(qdq_path: str, fp32_path: str, out_path: str, *, method: str,
     else:
         res = lsq(qdq, fp32, batches, iters=iters or 300, lr=lr or 1e-3, train_weights=train_weights,
                   plus=method == "lsq+", seed=seed, progress=show)
-    diags.remark("QC603", f"{res.method}: loss {res.loss_before:.4g} -> {res.loss_after:.4g} in {res.seconds:.1f} s "
-                          f"({1000 * res.seconds_per_iteration:.1f} ms per iteration)")
-    verify_graph(qdq)
-    lint = lint_graph(qdq)
-    new = [d for d in lint.findings if d.severity >= Severity.ERROR and (d.rule, d.node) not in lint_before]
-    if new:  # fine-tuning may not break what the input met (a W4A4 input may fail lint-trt as it came)
-        raise BridgeError(f"the fine-tuned model fails lint-trt: {new[0].message}", code="QC603")
-    save_model(qdq, out_path)
-    return out_path
+    return res

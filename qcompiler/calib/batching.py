@@ -84,9 +84,11 @@ def resolve_layout(shapes: dict[str, tuple], specs: dict[str, InputSpec], where:
 
 
 class _Checker:
-    def __init__(self, specs: list[InputSpec], description: str):
+    def __init__(self, specs: list[InputSpec], description: str, diagnostics: DiagnosticEngine | None = None):
         self.specs = {s.name: s for s in specs}
         self.description = description
+        self.diagnostics = diagnostics
+        self.converted: set[str] = set()  # inputs whose float data was converted (said once each)
 
     def arrays(self, chunk: Chunk) -> dict[str, np.ndarray]:
         where = self.where(chunk)
@@ -135,6 +137,12 @@ class _Checker:
             if arr.dtype != spec.dtype:
                 if arr.dtype == np.float64 and spec.dtype == np.float32:
                     arr = arr.astype(np.float32)
+                elif _is_float(arr.dtype) and _is_float(spec.dtype):  # fp32 data for an fp16 input, ...
+                    if name not in self.converted and self.diagnostics is not None:
+                        self.diagnostics.remark("QC402", f"{where}: input '{name}' is {arr.dtype}; the model takes "
+                                                         f"{spec.dtype}: the data is converted")
+                    self.converted.add(name)
+                    arr = arr.astype(spec.dtype)
                 elif arr.dtype.kind == spec.dtype.kind == "i" and np.can_cast(arr.dtype, spec.dtype):
                     arr = arr.astype(spec.dtype)
                 else:
@@ -157,6 +165,12 @@ class _Checker:
         return out, (n if batch_axis else 1), batch_axis
 
 
+def _is_float(dtype) -> bool:
+    """numpy floats and ml_dtypes' (bfloat16, float8): their kind is 'f' or 'V'."""
+    d = np.dtype(dtype)
+    return d.kind == "f" or d.name in ("bfloat16",)
+
+
 def _finite(arrays: dict[str, np.ndarray], n: int, batch_axis: bool) -> dict[str, np.ndarray]:
     """Per input: the indices (within this chunk) of samples holding NaN or Inf."""
     bad = {}
@@ -176,7 +190,7 @@ def iter_batches(data: "CalibData", graph: gs.Graph, diagnostics: DiagnosticEngi
     by_name = {s.name: s for s in specs}
     source = data.source
     source.bind(graph)
-    checker = _Checker(specs, source.description)
+    checker = _Checker(specs, source.description, diagnostics)
     fixed = None
     for s in specs:
         if s.shape and static_dim(s.shape[0]):

@@ -30,9 +30,10 @@ _BARE = re.compile(r"^[A-Za-z0-9_.\-+*/:@#%^~|<>!?$]+$")
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None) -> Any:
-    """A dataclass field carrying the help text and constraints used by parsers, docs and the CLI."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max}
+           max: float | None = None, name: str | None = None) -> Any:
+    """A dataclass field carrying the help text and constraints used by parsers, docs and the CLI.  ``name``: the
+    option's spelling when it cannot be the field's (``float``, a builtin's name, for field ``float_type``)."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max, "name": name}
     if isinstance(default, list):
         default = tuple(default)
     return dataclasses.field(default=default, metadata=meta)
@@ -100,8 +101,8 @@ def option_specs(cls: type) -> list[OptionSpec]:
     specs = []
     for f in dataclasses.fields(cls):
         meta: Any = f.metadata or {}
-        specs.append(OptionSpec(kebab(f.name), f.name, hints[f.name], f.default, meta.get("help", ""),
-                                meta.get("choices"), meta.get("min"), meta.get("max")))
+        specs.append(OptionSpec(meta.get("name") or kebab(f.name), f.name, hints[f.name], f.default,
+                                meta.get("help", ""), meta.get("choices"), meta.get("min"), meta.get("max")))
     _SPEC_CACHE[cls] = specs
     return specs
 

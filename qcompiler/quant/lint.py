@@ -1,4 +1,4 @@
-"""``qcompiler lint-trt``: offline TensorRT-readiness checks of a Q/DQ model (docs/tensorrt.md, L1-L22).
+"""``qcompiler lint-trt``: offline TensorRT-readiness checks of a Q/DQ model (docs/tensorrt.md, L1-L26).
 
 (Over 500 lines on purpose: one check per TensorRT rule, each a few lines.)
 
@@ -128,7 +128,63 @@ class _Linter:
         self.check_weighted()
         self.check_residual_and_dangling()
         self.check_io()
+        self.check_types()
         return self.out
+
+    # -- strongly typed networks (TensorRT 11: every layer runs in the type the file gives it) ----------------
+    def check_types(self) -> None:
+        from ..ir.dtypes import ELEM, float_kind, op_typing
+        from ..ir.graph import copy_graph
+        from ..ir.shapes import infer_shapes
+
+        g = copy_graph(self.g)
+        infer_shapes(g)  # element types of every tensor
+        kind = {t.name: float_kind(t.dtype) for sub in iter_graphs(g) for t in sub.tensors().values()}
+        for sub in iter_graphs(g):
+            for n in sub.nodes:
+                typing = op_typing(n.op, n.domain or "", self.opset) if n.op != "Cast" else None
+                for grp in (typing.groups if typing is not None else ()):
+                    assert typing is not None
+                    ins = [k for k in range(len(n.inputs)) if n.inputs[k].name and typing.group_of_input(k) is grp]
+                    kinds = {k2 for k in ins if (k2 := kind.get(n.inputs[k].name)) is not None}
+                    if len(kinds) <= 1:
+                        continue
+                    dq = [n.inputs[k] for k in ins if (p := producer(n.inputs[k])) is not None
+                          and p.op == "DequantizeLinear"]
+                    if dq:
+                        other = sorted(k for k in kinds if k != kind.get(dq[0].name))
+                        self.err("L24", n.name, f"'{dq[0].name}' (a DequantizeLinear) is {kind.get(dq[0].name)} but "
+                                                f"{n.op} computes in {other[0] if other else '?'}",
+                                 "store the DequantizeLinear's scale in its consumer's type (no Cast in between)")
+                    else:
+                        self.err("L23", n.name, f"{n.op} reads {' and '.join(sorted(str(k) for k in kinds))} "
+                                                "inputs of one type (a strongly typed network refuses it)",
+                                 "Cast one of them, or run the model through qcompiler's float-type pass")
+                if n.op == "Cast" and n.inputs:
+                    to = next((k for k, v in ELEM.items() if v == int(n.attrs.get("to", 0))), None)
+                    src = kind.get(n.inputs[0].name)
+                    p = producer(n.inputs[0])
+                    if to is not None and src == to:
+                        self.warn("L26", n.name, f"a Cast to {to} of a {to} tensor", "remove the Cast")
+                    elif p is not None and p.op == "Cast" and p.inputs and kind.get(p.inputs[0].name) == to and \
+                            to is not None and src is not None:
+                        self.warn("L26", n.name, f"Casts {to} -> {src} -> {to} in a row (they undo each other"
+                                                 + (", losing precision on the way)" if src != "fp32" else ")"),
+                                  "read the first tensor directly")
+            for t in sub.tensors().values():
+                if not isinstance(t, gs.Constant) or float_kind(t.dtype) not in ("fp16", "bf16"):
+                    continue
+                v = np.asarray(t.values, np.float32)
+                if v.size and not np.isfinite(v).all():
+                    self.err("L25", None, f"{float_kind(t.dtype)} constant '{t.name}' holds inf or NaN (a float32 "
+                                          "value that overflowed?)", "keep its consumer float32 (an fp32 island)")
+                users = [c for c in t.outputs if c.op in ("QuantizeLinear", "DequantizeLinear")
+                         and len(c.inputs) > 1 and c.inputs[1] is t]
+                tiny = float(np.finfo(np.float16).tiny)
+                if users and float_kind(t.dtype) == "fp16" and v.size and float(np.min(np.abs(v))) < tiny:
+                    self.note("L25", users[0].name, f"fp16 scale '{t.name}' has values below fp16's normal range "
+                                                    f"({float(np.min(np.abs(v))):.3g} < {tiny:.3g}): few significant "
+                                                    "bits", "store this scale in float32 (an fp32 island)")
 
     def _zp_dtype(self, n: gs.Node) -> str | None:
         if len(n.inputs) > 2 and n.inputs[2].name:

@@ -100,6 +100,9 @@ def layer_sensitivity(qdq: gs.Graph, reference: gs.Graph, data, *, layers: list[
     """Output SQNR with only one layer quantized, for each quantized layer.  With a parallel ``executor`` the
     layers are split into groups, one task each; every evaluation is the same run as here, so the numbers (and
     the ranking) are identical."""
+    from .floattype import fp32_view
+
+    qdq = fp32_view(qdq)  # an fp16/bf16 compiled model is measured in float32
     layers = layers if layers is not None else quantized_layers(qdq)
     names = [n.name for n in layers]
     if executor is not None and executor.parallel and len(names) > 1:

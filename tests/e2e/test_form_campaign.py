@@ -249,7 +249,7 @@ def _campaign(cases, tmp_path, triples, mutations: int = 0, seed: int = 0) -> No
 def test_fp32_part_of_the_named_pipelines():
     assert fp32_part("fp32-prep") == "fold-bn,merge-conv1x1,fold-residual,cle,cleanup"
     q = fp32_part("trt-int8")
-    assert q.startswith("cleanup,fold-constants,fold-bn") and "calibrate" not in q
+    assert q.startswith("cleanup,to-fp32,fold-constants,fold-bn") and "calibrate" not in q
 
 
 def test_declared_shapes_that_lie(cases, tmp_path):

@@ -24,14 +24,15 @@ DIGITS = ["resnet", "resnet-bottleneck", "mobilenetv2", "conv1x1", "transformer"
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, zoo):
-    """trt-int8 output of every digits zoo model (compiled once per test module)."""
+    """trt-int8 output of every digits zoo model (compiled once per test module), float parts float32 (the Q/DQ math
+    is what these tests check; tests/passes/test_float_type.py checks fp16 float parts)."""
     out = {}
     d = tmp_path_factory.mktemp("int8")
     for name in DIGITS:
         src = zoo.onnx_path(name)
         calib = zoo.calibration_npz(name, 128)
         dst = d / f"{name}.onnx"
-        compile_model(str(src), str(dst), "trt-int8", calib_data=str(calib))
+        compile_model(str(src), str(dst), "trt-int8{float=fp32}", calib_data=str(calib))
         out[name] = (src, dst, calib)
     return out
 
@@ -88,7 +89,7 @@ def test_qdq_numerics_match_onnx_reference(compiled, name):
 def test_byte_identical_when_run_twice(compiled, tmp_path):
     src, dst, calib = compiled["mobilenetv2"]
     again = tmp_path / "again.onnx"
-    compile_model(str(src), str(again), "trt-int8", calib_data=str(calib))
+    compile_model(str(src), str(again), "trt-int8{float=fp32}", calib_data=str(calib))
     assert again.read_bytes() == dst.read_bytes()
     rec = tmp_path / "again.onnx.recipe.json"
     assert rec.exists() and '"recipe"' in rec.read_text()

@@ -17,13 +17,13 @@ def _expand(text: str) -> str:
 
 
 def test_trt_int8_defaults():
-    assert _expand("trt-int8") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
+    assert _expand("trt-int8") == ("cleanup,to-fp32,fold-constants,fold-bn,merge-conv1x1,cleanup,"
                                    "smooth-quant{max-samples=16 layers=all min-ratio=8.0 quiet=true},"
                                    "calibrate{target=tensorrt precision=int8 histograms=true keep-outputs=4},"
-                                   "insert-qdq{target=tensorrt precision=int8},guard,cleanup")
-    assert _expand("trt-int8{smooth=off guard=off}") == ("cleanup,fold-constants,fold-bn,merge-conv1x1,cleanup,"
-                                                         "calibrate{target=tensorrt precision=int8},"
-                                                         "insert-qdq{target=tensorrt precision=int8},cleanup")
+                                   "insert-qdq{target=tensorrt precision=int8},guard,float-type,cleanup")
+    assert _expand("trt-int8{smooth=off guard=off float=fp32}") == (
+        "cleanup,to-fp32,fold-constants,fold-bn,merge-conv1x1,cleanup,calibrate{target=tensorrt precision=int8},"
+        "insert-qdq{target=tensorrt precision=int8},float-type{type=fp32},cleanup")
 
 
 @pytest.mark.parametrize("opts, contains, absent", [
@@ -33,7 +33,8 @@ def test_trt_int8_defaults():
     ("calib=entropy weights=qdq", ["precision=int8 method=entropy ", "weights=qdq}"], []),
     ("bias-correct=true finetune=adaround target-sqnr=40", ["insert-qdq{target=tensorrt precision=int8},guard,"
                                                             "bias-correct,adaround,mixed-precision{target-sqnr=40.0},"
-                                                            "cleanup"], []),
+                                                            "float-type,cleanup"], []),
+    ("float=bf16 keep-io=false", ["cleanup,to-fp32,", ",float-type{type=bf16 keep-io=false},cleanup"], []),
     ("guard-sqnr=25 guard-budget=0.05", ["guard{sqnr=25.0 budget=0.05}"], []),
 ])
 def test_options_add_and_remove_passes(opts, contains, absent):

@@ -220,3 +220,42 @@ def test_attention_matmul_of_two_activations_is_fine():
     dc = b.qdq("c", np.float32(0.05), np.int8(0))
     b.output(b.node("MatMul", [da, dc]))
     assert "L9" not in rules(b.model(ir=7))
+
+
+def _typed(**kw):
+    """x (fp32) -> Q/DQ -> Conv(DQ(int8 W)) -> Add(bias) -> y: scales and constants in the types ``kw`` says."""
+    b = G(19)
+    f16 = np.float16
+    b.input("x", [1, 16, 8, 8])
+    b.init(np.float32(0.0625), name="s_x")  # exact in fp16 too: Q and DQ keep one scale
+    b.init(np.int8(0), name="z_x")
+    b.init(np.asarray(0.0625, kw.get("dq_scale", f16)), name="s_xd")
+    b.init(np.ones((16, 16, 3, 3), np.int8), name="w_q")
+    b.init(np.full(16, 0.01, f16), name="w_s")
+    b.init(np.zeros(16, np.int8), name="w_z")
+    b.init(kw.get("bias", np.zeros((1, 16, 1, 1), f16)), name="bias")
+    b.node("QuantizeLinear", ["x", "s_x", "z_x"], outputs=["xq"], name="q_x")
+    b.node("DequantizeLinear", ["xq", "s_xd", "z_x"], outputs=["xd"], name="dq_x")
+    b.node("DequantizeLinear", ["w_q", "w_s", "w_z"], outputs=["w"], name="dq_w", axis=0)
+    b.node("Conv", ["xd", "w"], outputs=["c"], name="conv", pads=[1, 1, 1, 1])
+    y = b.node("Add", ["c", "bias"], outputs=["y16"], name="add")
+    if kw.get("cast_pair"):
+        y = b.node("Cast", [b.node("Cast", [y], to=TensorProto.FLOAT, name="up")], to=TensorProto.FLOAT16,
+                   name="down")
+    b.node("Cast", [y], outputs=["y"], to=TensorProto.FLOAT, name="out")
+    b.output("y", shape=[1, 16, 8, 8])
+    return b.model(ir=9, infer_outputs=False)
+
+
+def test_strongly_typed_graph_is_clean():
+    assert not rules(_typed()) and not rules(_typed(), severity="warning")
+
+
+@pytest.mark.parametrize("kw, rule, severity", [
+    ({"dq_scale": np.float32}, "L24", "error"),  # the DQ writes fp32, the Conv computes in fp16
+    ({"bias": np.zeros((1, 16, 1, 1), np.float32)}, "L23", "error"),  # Add(fp16, fp32)
+    ({"bias": np.full((1, 16, 1, 1), np.inf, np.float16)}, "L25", "error"),  # an fp16 constant that overflowed
+    ({"cast_pair": True}, "L26", "warning"),  # fp16 -> fp32 -> fp16
+])
+def test_strong_typing_findings(kw, rule, severity):
+    assert rule in rules(_typed(**kw), severity=severity)

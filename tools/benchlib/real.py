@@ -10,11 +10,27 @@ from .common import MODELOPT_PY, log, modelopt_available, peak_rss_mib, tag
 from .workers import FeedReader, register, run_task
 
 #: qcompiler's pipelines, as a new user would call them
-QC = [("trt-int8", "default"), ("trt-int8{guard=off}", "guard off"), ("trt-fp8", "fp8 default"),
+QC = [("trt-int8", "default (fp16 float parts)"), ("trt-int8{float=fp32}", "float parts fp32"),
+      ("trt-int8{float=bf16}", "float parts bf16"), ("trt-int8{guard=off}", "guard off"),
+      ("trt-fp8", "fp8 default (fp16 float parts)"), ("trt-fp8{float=fp32}", "fp8, float parts fp32"),
       ("trt-int4-weights", "int4 weights default")]
 ORT = ["minmax", "percentile", "entropy"]
 MO = [("int8", "max"), ("int8", "entropy"), ("fp8", "max")]
 QUICK_QC = [("trt-int8", "default"), ("trt-int8{guard=off}", "guard off")]
+#: models also measured as fp16 conversions (onnxconverter-common), float32 and float16 interface
+FP16_MODELS = ["minilm-l3", "svtr-rec", "yolov8-layout"]
+FP16_QC = [("trt-int8", "default"), ("trt-int8{float=fp32}", "float parts fp32"), ("trt-fp8", "fp8 default")]
+
+
+def fp16_form(src: str, out: str, keep_io: bool) -> str:
+    """The model converted to fp16 by onnxconverter-common (what users bring), inputs/outputs float32 or fp16."""
+    import onnx
+    from onnxconverter_common import float16
+
+    if not __import__("os").path.exists(out):
+        m = float16.convert_float_to_float16(onnx.load(src), keep_io_types=keep_io, disable_shape_infer=False)
+        onnx.save(m, out)
+    return out
 QUICK_MODELS = ["minilm-l3"]
 
 
@@ -82,9 +98,36 @@ def w_real_eval(task: dict) -> dict:
             "lint_errors": lint.n_errors, "lint_warnings": lint.n_warnings}
 
 
+class _Rows:
+    """Rows measured in this work folder, kept in ``real-rows.jsonl`` as they come: ``--resume`` reuses them (a
+    run of every model and tool takes hours on 2 cores; an interrupted one goes on where it stopped)."""
+
+    def __init__(self, bench):
+        import json
+
+        self.path = bench.work / "real-rows.jsonl"
+        self.done: dict[str, dict] = {}
+        if getattr(bench.args, "resume", False) and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                r = json.loads(line)
+                self.done[r["_key"]] = r
+
+    def get(self, key: str, measure) -> dict:
+        import json
+
+        if key in self.done:
+            log(f"[real] {key}: measured before (--resume)")
+            return {k: v for k, v in self.done[key].items() if k != "_key"}
+        r = measure()
+        with open(self.path, "a") as f:
+            f.write(json.dumps({**r, "_key": key}, default=str) + "\n")
+        return r
+
+
 def run_real(bench) -> list[dict]:
     from qcompiler.zoo import real
 
+    kept = _Rows(bench)
     quick = bench.args.quick
     names = [n for n in (bench.args.models or (QUICK_MODELS if quick else real.NAMES)) if n in real.NAMES]
     rows: list[dict] = []
@@ -107,29 +150,46 @@ def run_real(bench) -> list[dict]:
             ev.pop("ok")
             return {**r, **ev}
 
-        fp = run_task({"kind": "real_eval", "model": name, "src": src, "out": src})
+        fp = kept.get(f"{name} fp32", lambda: run_task({"kind": "real_eval", "model": name, "src": src,
+                                                         "out": src}))
         rows.append({**base, "tool": "fp32", "setting": "-", **fp})
         for pipeline, what in (QUICK_QC if quick else QC):
             log(f"[real] {name} qcompiler {pipeline}")
             out = str(bench.work / f"real-{name}-{tag(pipeline)}.onnx")
-            r = run_task({"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib,
-                          "eval": False})
-            rows.append({**base, "tool": "qcompiler", "setting": what, "method": pipeline, **evaluated(r, out)})
+            r = kept.get(f"{name} qcompiler {pipeline}", lambda: evaluated(run_task(
+                {"kind": "qcompiler", "src": src, "out": out, "pipeline": pipeline, "calib": calib, "eval": False}),
+                out))
+            rows.append({**base, "tool": "qcompiler", "setting": what, "method": pipeline, **r})
         for meth in ORT[:1] if quick else ORT:
             log(f"[real] {name} onnxruntime {meth}")
             out = str(bench.work / f"real-{name}-ort-{meth}.onnx")
-            r = run_task({"kind": "hard_ort", "src": src, "out": out, "method": meth, "calib": calib})
-            rows.append({**base, "tool": "ort", "setting": f"quantize_static {meth}", "method": meth,
-                         **evaluated(r, out)})
+            r = kept.get(f"{name} ort {meth}", lambda: evaluated(run_task(
+                {"kind": "hard_ort", "src": src, "out": out, "method": meth, "calib": calib}), out))
+            rows.append({**base, "tool": "ort", "setting": f"quantize_static {meth}", "method": meth, **r})
         if mo_ok:
             for mode, meth in MO[:1] if quick else MO:
                 log(f"[real] {name} modelopt {mode} {meth}")
                 out = str(bench.work / f"real-{name}-mo-{mode}-{meth}.onnx")
-                r = run_task({"kind": "real_modelopt", "src": src, "out": out, "method": meth, "mode": mode,
-                              "calib": calib}, python=MODELOPT_PY)
+                r = kept.get(f"{name} modelopt {mode} {meth}", lambda: evaluated(run_task(
+                    {"kind": "real_modelopt", "src": src, "out": out, "method": meth, "mode": mode, "calib": calib},
+                    python=MODELOPT_PY), out))
                 rows.append({**base, "tool": "modelopt", "setting": f"{mode} {meth}", "method": f"{mode} {meth}",
-                             **evaluated(r, out)})
+                             **r})
         _guard_ratio(rows, name)
+        if name in FP16_MODELS and not quick:
+            for keep in (True, False):
+                form = "fp16, float32 IO" if keep else "fp16, fp16 IO"
+                f16 = fp16_form(src, str(bench.work / f"real-{name}-fp16-{int(keep)}.onnx"), keep)
+                r = kept.get(f"{name} [{form}] as converted", lambda: evaluated({"ok": True}, f16))
+                rows.append({**base, "tool": "fp16 model", "setting": form, "method": f"[{form}]", **r})
+                for pipeline, what in FP16_QC:
+                    log(f"[real] {name} [{form}] qcompiler {pipeline}")
+                    out = str(bench.work / f"real-{name}-fp16-{int(keep)}-{tag(pipeline)}.onnx")
+                    r = kept.get(f"{name} [{form}] qcompiler {pipeline}", lambda: evaluated(run_task(
+                        {"kind": "qcompiler", "src": f16, "out": out, "pipeline": pipeline, "calib": calib,
+                         "eval": False}), out))
+                    rows.append({**base, "tool": "qcompiler", "setting": f"{what} [{form}]",
+                                 "method": f"[{form}] {pipeline}", **r})
     return rows
 
 

@@ -1,0 +1,192 @@
+"""float-type: everything not quantized stored and computed in one float type (qcompiler/quant/floattype.py).
+
+TensorRT 11 runs every layer in the type the ONNX file gives it, so the type of the non-quantized parts is
+written into the graph: ``type=fp16`` (the default of the TensorRT named pipelines), ``bf16`` or ``fp32``.
+Float weights are stored in that type, DequantizeLinear writes it (its scale in that type: opset 19 for fp16,
+22 for bf16, raised when needed), Casts appear only where a tensor is read in another type than it was made in,
+and graph inputs and outputs keep their declared types (``keep-io``).
+
+Islands stay fp32, each chosen from a measurement and reported with its reason (QC305 remarks, the
+``float-type-report`` state and ``qcompiler report``): a tensor whose largest magnitude on ``samples``
+calibration samples is above ``limit`` or not finite, an op that squares an input that large (normalizations),
+a constant the type cannot hold (overflow, or nonzero values becoming 0), an op whose schema does not take the
+type.  Shape computations, indices and integer paths keep their types; If/Loop/Scan bodies stay as they are.
+
+After the rewrite the outputs are compared with those of the graph before it on the same samples (each output part
+judged as the guard judges it, qcompiler/quant/judge.py); a part below ``check`` dB is a warning naming it.
+
+``type=fp32`` writes float32 float parts (the model as it was, or float32 for an fp16 model).  The named pipelines
+run ``to-fp32`` first, so every pass and every statistic works in float32, and ``float-type`` last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from qcompiler.calib import CollectOptions, ObserverConfig, collect
+from qcompiler.ir.dtypes import FLOAT_TYPES, MIN_OPSET, float_kind
+from qcompiler.ir.graph import copy_graph
+from qcompiler.ir.opset import upgrade_opset
+from qcompiler.ir.runtime import Session
+from qcompiler.ir.shapes import infer_shapes
+from qcompiler.pm import Pass, PassResult, option
+from qcompiler.pm.state import State
+from qcompiler.quant.floattype import Island, emulated, find_islands, has_other_floats, retype
+from qcompiler.quant.guard import layer_macs
+from qcompiler.quant.judge import Judge, output_parts
+
+
+@dataclass
+class FloatTypeReport(State):
+    """What float-type did: the type, the fp32 islands with their reasons, and what share of the float work and
+    the float weights is in the type."""
+
+    fact = "float-type-report"
+    target: str
+    islands: list[Island] = field(default_factory=list)
+    casts: int = 0
+    float_macs_share: float = 1.0  # of the MACs of layers left float, the share computed in the target type
+    float_weight_share: float = 1.0  # of the bytes of float weights, the share stored in the target type
+    health_db: dict[str, float] = field(default_factory=dict)  # output part -> dB against the graph before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.target, "islands": [{"node": i.node, "op": i.op, "reason": i.reason}
+                                                 for i in self.islands],
+                "casts": self.casts, "float_macs_share": round(self.float_macs_share, 4),
+                "float_weight_share": round(self.float_weight_share, 4),
+                "health_db": {k: round(v, 2) for k, v in self.health_db.items()}}
+
+
+def _ranges(graph: gs.Graph, data, samples: int, ctx) -> dict[str, float]:
+    """Largest magnitude of every float tensor of the top-level graph over ``samples`` samples (inf when a tensor
+    was not finite)."""
+    names = []
+    for n in graph.nodes:
+        if n.op in ("QuantizeLinear",):
+            continue
+        for t in n.outputs:
+            if isinstance(t, gs.Variable) and t.name and float_kind(t.dtype) is not None:
+                names.append(t.name)
+    names += [t.name for t in graph.inputs if float_kind(t.dtype) is not None]
+    stats = collect(graph, {t: ObserverConfig("min_max") for t in dict.fromkeys(names)}, data.limited(samples),
+                    diagnostics=ctx.diagnostics,
+                    options=CollectOptions(threads=ctx.threads, progress="off", opt_level="basic"))
+    out = {}
+    for name, st in stats.items():
+        if st.non_finite is not None:
+            out[name] = float("inf")
+        elif st.min is not None and st.max is not None:
+            out[name] = float(max(np.max(np.abs(st.min)), np.max(np.abs(st.max))))
+    return out
+
+
+def _shares(graph: gs.Graph, target: str) -> tuple[float, float]:
+    """(share of float layers' MACs computed in ``target``, share of float weight bytes stored in it)."""
+    macs = layer_macs(graph)
+    float_macs = {"all": 0.0, "target": 0.0}
+    for n in graph.nodes:
+        if n.name not in macs or len(n.inputs) < 2 or not isinstance(n.inputs[1], gs.Constant):
+            continue  # a quantized layer (its weight comes from a DequantizeLinear)
+        float_macs["all"] += macs[n.name]
+        if float_kind(n.outputs[0].dtype) == target:
+            float_macs["target"] += macs[n.name]
+    nbytes = {"all": 0, "target": 0}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and float_kind(t.dtype) is not None and int(np.prod(t.shape or [1])) > 1:
+            b = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize * (4 // np.dtype(t.dtype).itemsize)
+            nbytes["all"] += b
+            nbytes["target"] += b if float_kind(t.dtype) == target else 0
+    return (float_macs["target"] / float_macs["all"] if float_macs["all"] else 1.0,
+            nbytes["target"] / nbytes["all"] if nbytes["all"] else 1.0)
+
+
+class FloatType(Pass["FloatType.Options"]):
+    """Store and compute everything not quantized in one float type (fp16/bf16/fp32), fp32 islands measured."""
+
+    name = "float-type"
+    provides = frozenset({"float-type-report"})
+
+    @dataclass(frozen=True)
+    class Options:
+        type: str = option("fp16", "the float type of everything not quantized", choices=("fp16", "bf16", "fp32"))
+        keep_io: bool = option(True, "graph inputs and outputs keep their declared types (false: float32 ones "
+                                     "become the type)")
+        limit: float = option(16384.0, "a tensor whose largest magnitude on the calibration samples is above this "
+                                       "keeps its nodes fp32 (fp16's largest value is 65504)", min=1.0)
+        samples: int = option(8, "calibration samples the ranges are measured and the outputs checked on", min=1)
+        check: float = option(30.0, "an output part below this many dB against the graph before the rewrite is a "
+                                    "warning (0: no check)", min=0.0)
+
+    def call(self, graph: gs.Graph, ctx) -> PassResult:
+        target = self.options.type
+        if target == "fp32" and not has_other_floats(graph):
+            ctx.state.put(FloatTypeReport(target))  # float32 already: nothing to do
+            return PassResult.unchanged()
+        inferred = infer_shapes(graph) > 0  # element types of every tensor
+        current = int(graph.opset or 13)
+        if current < MIN_OPSET[target]:
+            upgrade_opset(graph, MIN_OPSET[target])
+            ctx.remark("QC305", f"upgraded the model from opset {current} to {MIN_OPSET[target]} (needed for "
+                                f"{target} DequantizeLinear scales and {target} ops)")
+            infer_shapes(graph)
+        opset = int(graph.opset or 13)
+        data = ctx.calib_data
+        ranges: dict[str, float] = {}
+        if target != "fp32":
+            if data is not None:
+                ranges = _ranges(graph, data, self.options.samples, ctx)
+            else:
+                ctx.remark("QC302", "float-type: no calibration data, so fp32 islands come from constants and op "
+                                    "support only (no measured ranges)")
+        islands = find_islands(graph, target, ranges, self.options.limit, opset)
+        before = copy_graph(graph) if self.options.check > 0 and data is not None else None
+        res = retype(graph, target, islands=islands, keep_io=self.options.keep_io, opset=opset)
+        for isl in res.islands:
+            ctx.remark("QC305", f"float-type keeps {isl.node} ({isl.op}) fp32: {isl.reason}", node=isl.node)
+        health: dict[str, float] = {}
+        if before is not None and res.changed:
+            health = self._check(before, graph, data, ctx)
+        macs_share, weight_share = _shares(graph, target)
+        ctx.state.put(FloatTypeReport(target, res.islands, res.casts, macs_share, weight_share, health))
+        if res.changed:
+            worst = min(health.values()) if health else None
+            ctx.remark("QC301", f"float-type {target}: {res.nodes_retyped} node(s) retyped, {len(res.islands)} "
+                                f"fp32 island(s), {res.casts} Cast(s) added, {res.casts_removed} removed; "
+                                f"{100 * macs_share:.0f} % of float MACs and {100 * weight_share:.0f} % of float "
+                                f"weight bytes in {target}"
+                                + (f"; outputs {worst:.1f} dB against the graph before" if worst is not None
+                                   else ""))
+        return PassResult(res.changed or inferred, {"retyped": res.nodes_retyped, "islands": len(res.islands),
+                                        "casts": res.casts})
+
+    def _check(self, before: gs.Graph, after: gs.Graph, data, ctx) -> dict[str, float]:
+        """Each output part of ``after`` against ``before`` on the same samples, in dB (the guard's judge)."""
+        from qcompiler.quant.guard import _feeds
+
+        feeds = _feeds(data, before, self.options.samples)
+        runs = []
+        for g in (before, emulated(after)):  # (bf16: onnxruntime's CPU kernels run its storage rounding)
+            types = {t.name: t.dtype for t in g.inputs}  # keep-io=false: the inputs' float type changed
+            sess = Session(g, opt_level="basic", threads=ctx.threads)
+            try:
+                runs.append([sess.run_dict({k: (v.astype(types[k]) if float_kind(v.dtype) and float_kind(types[k])
+                                                else v) for k, v in f.items() if k in sess.input_names})
+                             for f in feeds])
+            finally:
+                sess.close()
+        ref = [{k: np.asarray(v, np.float32) if float_kind(v.dtype) else v for k, v in r.items()} for r in runs[0]]
+        got = [{k: np.asarray(v, np.float32) if float_kind(v.dtype) else v for k, v in r.items()} for r in runs[1]]
+        health = Judge(output_parts(before), ref).health(got)
+        for part, db in health.items():
+            if db < self.options.check:
+                ctx.warning("QC305", f"float-type {self.options.type}: output part '{part}' is {db:.1f} dB against "
+                                     f"the graph before the rewrite (below {self.options.check:g})",
+                            hint="lower float-type's limit (more fp32 islands), or use float=fp32")
+        return health
+
+
+__all__ = ["FLOAT_TYPES", "FloatType", "FloatTypeReport"]
