@@ -12,8 +12,11 @@ calibration samples is above ``limit`` or not finite, an op that squares an inpu
 a constant the type cannot hold (overflow, or nonzero values becoming 0), an op whose schema does not take the
 type.  Shape computations, indices and integer paths keep their types; If/Loop/Scan bodies stay as they are.
 
-After the rewrite the outputs are compared with those of the graph before it on the same samples (each output part
-judged as the guard judges it, qcompiler/quant/judge.py); a part below ``check`` dB is a warning naming it.
+After the rewrite the outputs are compared with those of the graph before it on the same samples, part by part
+(qcompiler/quant/judge.py's parts) as values: a part below ``check`` dB SQNR (30) is a warning naming it.  Values,
+not decisions: fp16 rounding flips a few decisions near a threshold whatever the model, so on a few samples a
+decision measure would judge luck; an overflow shows here as inf or NaN.  The same run of the graph before the
+rewrite measures every tensor's range, so the pass costs two runs over ``samples`` samples.
 
 ``type=fp32`` writes float32 float parts (the model as it was, or float32 for an fp16 model).  The named pipelines
 run ``to-fp32`` first, so every pass and every statistic works in float32, and ``float-type`` last.
@@ -21,14 +24,15 @@ run ``to-fp32`` first, so every pass and every statistic works in float32, and `
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qcompiler.calib import CollectOptions, ObserverConfig, collect
 from qcompiler.ir.dtypes import FLOAT_TYPES, MIN_OPSET, float_kind
+from qcompiler.ir.edit import Namer
 from qcompiler.ir.graph import copy_graph
 from qcompiler.ir.opset import upgrade_opset
 from qcompiler.ir.runtime import Session
@@ -61,27 +65,46 @@ class FloatTypeReport(State):
                 "health_db": {k: round(v, 2) for k, v in self.health_db.items()}}
 
 
-def _ranges(graph: gs.Graph, data, samples: int, ctx) -> dict[str, float]:
-    """Largest magnitude of every float tensor of the top-level graph over ``samples`` samples (inf when a tensor
-    was not finite)."""
-    names = []
-    for n in graph.nodes:
-        if n.op in ("QuantizeLinear",):
+def _run(graph: gs.Graph, feeds: list[dict[str, np.ndarray]], threads: int | None) -> list[dict[str, np.ndarray]]:
+    """``graph`` over the feeds (float inputs converted to the graph's declared types; float outputs as float32)."""
+    types = {t.name: t.dtype for t in graph.inputs}
+    sess = Session(graph, opt_level="basic", threads=threads)
+    try:
+        out = [sess.run_dict({k: (v.astype(types[k]) if float_kind(v.dtype) and float_kind(types[k]) else v)
+                              for k, v in f.items() if k in sess.input_names}) for f in feeds]
+    finally:
+        sess.close()
+    return [{k: np.asarray(v, np.float32) if float_kind(v.dtype) else v for k, v in r.items()} for r in out]
+
+
+def _measured(graph: gs.Graph, feeds: list[dict[str, np.ndarray]], threads: int | None
+              ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
+    """One run of ``graph`` over the feeds giving both the largest magnitude of every float tensor of the top-level
+    graph (inf when not finite: a reduction per tensor, computed inside onnxruntime) and the model's outputs."""
+    g = copy_graph(graph)
+    names = Namer(g)
+    probes: dict[str, str] = {}
+    outs = list(g.outputs)
+    for t in list(g.tensors().values()):
+        if not isinstance(t, gs.Variable) or not t.name or float_kind(t.dtype) is None:
             continue
-        for t in n.outputs:
-            if isinstance(t, gs.Variable) and t.name and float_kind(t.dtype) is not None:
-                names.append(t.name)
-    names += [t.name for t in graph.inputs if float_kind(t.dtype) is not None]
-    stats = collect(graph, {t: ObserverConfig("min_max") for t in dict.fromkeys(names)}, data.limited(samples),
-                    diagnostics=ctx.diagnostics,
-                    options=CollectOptions(threads=ctx.threads, progress="off", opt_level="basic"))
-    out = {}
-    for name, st in stats.items():
-        if st.non_finite is not None:
-            out[name] = float("inf")
-        elif st.min is not None and st.max is not None:
-            out[name] = float(max(np.max(np.abs(st.min)), np.max(np.abs(st.max))))
-    return out
+        if t.inputs and t.inputs[0].op == "QuantizeLinear":
+            continue
+        a = gs.Variable(names(t.name + "_abs"), dtype=t.dtype)
+        m = gs.Variable(names(t.name + "_absmax"), dtype=t.dtype, shape=[])
+        g.nodes += [gs.Node("Abs", names(t.name + "_abs"), inputs=[t], outputs=[a]),
+                    gs.Node("ReduceMax", names(t.name + "_absmax"), attrs={"keepdims": 0}, inputs=[a], outputs=[m])]
+        probes[m.name] = t.name
+        outs.append(m)
+    g.outputs = outs
+    runs = _run(g, feeds, threads)
+    ranges: dict[str, float] = {}
+    for r in runs:
+        for probe, name in probes.items():
+            v = float(np.asarray(r[probe], np.float64))
+            ranges[name] = float("inf") if not np.isfinite(v) else max(ranges.get(name, 0.0), v)
+    keep = [t.name for t in graph.outputs]
+    return ranges, [{k: r[k] for k in keep} for r in runs]
 
 
 def _shares(graph: gs.Graph, target: str) -> tuple[float, float]:
@@ -117,9 +140,9 @@ class FloatType(Pass["FloatType.Options"]):
                                      "become the type)")
         limit: float = option(16384.0, "a tensor whose largest magnitude on the calibration samples is above this "
                                        "keeps its nodes fp32 (fp16's largest value is 65504)", min=1.0)
-        samples: int = option(8, "calibration samples the ranges are measured and the outputs checked on", min=1)
-        check: float = option(30.0, "an output part below this many dB against the graph before the rewrite is a "
-                                    "warning (0: no check)", min=0.0)
+        samples: int = option(4, "calibration samples the ranges are measured and the outputs checked on", min=1)
+        check: float = option(30.0, "an output part whose SQNR against the graph before the rewrite is below this "
+                                    "many dB is a warning (0: no check)", min=0.0)
 
     def call(self, graph: gs.Graph, ctx) -> PassResult:
         target = self.options.type
@@ -136,20 +159,32 @@ class FloatType(Pass["FloatType.Options"]):
         opset = int(graph.opset or 13)
         data = ctx.calib_data
         ranges: dict[str, float] = {}
-        if target != "fp32":
-            if data is not None:
-                ranges = _ranges(graph, data, self.options.samples, ctx)
-            else:
-                ctx.remark("QC302", "float-type: no calibration data, so fp32 islands come from constants and op "
-                                    "support only (no measured ranges)")
+        feeds: list[dict[str, np.ndarray]] = []
+        ref: list[dict[str, np.ndarray]] = []
+        if data is not None:  # one run of the graph as it is: every float tensor's range, and the outputs
+            from qcompiler.quant.guard import _feeds
+
+            feeds = _feeds(data, graph, self.options.samples, ctx.diagnostics)
+            ranges, ref = _measured(graph, feeds, ctx.threads)
+        else:
+            ctx.remark("QC302", "float-type: no calibration data, so fp32 islands come from constants and op "
+                                "support only (no measured ranges)")
         islands = find_islands(graph, target, ranges, self.options.limit, opset)
-        before = copy_graph(graph) if self.options.check > 0 and data is not None else None
+        # numerical noise, judged as values (SQNR): fp16 rounding flips decisions near a threshold whatever the model
+        # does, so the decision forms would measure luck on a few samples; an overflow shows as inf/NaN here
+        parts = [p if p.form == "rows" else dataclasses.replace(p, form="values")
+                 for p in output_parts(graph)] if feeds and self.options.check > 0 else []
         res = retype(graph, target, islands=islands, keep_io=self.options.keep_io, opset=opset)
         for isl in res.islands:
             ctx.remark("QC305", f"float-type keeps {isl.node} ({isl.op}) fp32: {isl.reason}", node=isl.node)
         health: dict[str, float] = {}
-        if before is not None and res.changed:
-            health = self._check(before, graph, data, ctx)
+        if parts and res.changed:  # (bf16: onnxruntime's CPU kernels run an emulation of its storage rounding)
+            health = Judge(parts, ref).health(_run(emulated(graph), feeds, ctx.threads))
+            for part, db in health.items():
+                if db < self.options.check:
+                    ctx.warning("QC305", f"float-type {target}: output part '{part}' is {db:.1f} dB against the "
+                                         f"graph before the rewrite (below {self.options.check:g})",
+                                hint="lower float-type's limit (more fp32 islands), or use float=fp32")
         macs_share, weight_share = _shares(graph, target)
         ctx.state.put(FloatTypeReport(target, res.islands, res.casts, macs_share, weight_share, health))
         if res.changed:
@@ -162,31 +197,6 @@ class FloatType(Pass["FloatType.Options"]):
                                    else ""))
         return PassResult(res.changed or inferred, {"retyped": res.nodes_retyped, "islands": len(res.islands),
                                         "casts": res.casts})
-
-    def _check(self, before: gs.Graph, after: gs.Graph, data, ctx) -> dict[str, float]:
-        """Each output part of ``after`` against ``before`` on the same samples, in dB (the guard's judge)."""
-        from qcompiler.quant.guard import _feeds
-
-        feeds = _feeds(data, before, self.options.samples)
-        runs = []
-        for g in (before, emulated(after)):  # (bf16: onnxruntime's CPU kernels run its storage rounding)
-            types = {t.name: t.dtype for t in g.inputs}  # keep-io=false: the inputs' float type changed
-            sess = Session(g, opt_level="basic", threads=ctx.threads)
-            try:
-                runs.append([sess.run_dict({k: (v.astype(types[k]) if float_kind(v.dtype) and float_kind(types[k])
-                                                else v) for k, v in f.items() if k in sess.input_names})
-                             for f in feeds])
-            finally:
-                sess.close()
-        ref = [{k: np.asarray(v, np.float32) if float_kind(v.dtype) else v for k, v in r.items()} for r in runs[0]]
-        got = [{k: np.asarray(v, np.float32) if float_kind(v.dtype) else v for k, v in r.items()} for r in runs[1]]
-        health = Judge(output_parts(before), ref).health(got)
-        for part, db in health.items():
-            if db < self.options.check:
-                ctx.warning("QC305", f"float-type {self.options.type}: output part '{part}' is {db:.1f} dB against "
-                                     f"the graph before the rewrite (below {self.options.check:g})",
-                            hint="lower float-type's limit (more fp32 islands), or use float=fp32")
-        return health
 
 
 __all__ = ["FLOAT_TYPES", "FloatType", "FloatTypeReport"]

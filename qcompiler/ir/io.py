@@ -115,12 +115,25 @@ def import_model(model: onnx.ModelProto, *, base_dir: str | os.PathLike | None =
         meta.external_location = sorted(locs)[0] if len(locs) == 1 else None
     graph.qc_meta = meta
     name_unnamed_nodes(graph)
+    _numpy_dtypes(graph)
     if normalize:
         from .shapes import reconcile_shapes
 
         unique_subgraph_names(graph)
         reconcile_shapes(graph)  # declared shapes are hints (qcompiler/ir/shapes.py)
     return graph
+
+
+def _numpy_dtypes(graph: gs.Graph) -> None:
+    """Tensors graphsurgeon types with a bare ONNX code (bfloat16, float8, int4: numpy has no such dtype) get the
+    ml_dtypes dtype instead, so every ``np.dtype(t.dtype)`` downstream works."""
+    for g in iter_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and isinstance(t.dtype, (int, np.integer)):
+                try:
+                    t.dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(t.dtype)))
+                except (KeyError, TypeError, ValueError):
+                    pass
 
 
 def normalize_graph(graph: gs.Graph) -> list[str]:

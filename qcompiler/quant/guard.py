@@ -298,9 +298,10 @@ def layer_macs(graph: gs.Graph, out_shapes: dict[str, tuple[int, ...]] | None = 
 # --------------------------------------------------------------------------------------------
 
 
-def _feeds(data, graph: gs.Graph, n: int) -> list[dict[str, np.ndarray]]:
+def _feeds(data, graph: gs.Graph, n: int, diagnostics: DiagnosticEngine | None = None) -> list[dict[str, np.ndarray]]:
     """Up to ``n`` samples of the calibration data, as the feed dicts to run (one per batch)."""
-    return [{k: np.ascontiguousarray(v) for k, v in b.feeds.items()} for b in data.limited(n).batches(graph, None)]
+    return [{k: np.ascontiguousarray(v) for k, v in b.feeds.items()}
+            for b in data.limited(n).batches(graph, diagnostics)]
 
 
 def _rows(feed: dict[str, np.ndarray]) -> int:
