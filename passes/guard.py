@@ -59,6 +59,8 @@ class Guard(Pass["Guard.Options"]):
         runs: int = option(0, "most runs of the model the search may make (0: about what calibration cost: its "
                               "samples over the judged feeds' batch, within 16..48)", min=0)
         max_steps: int = option(6, "most float prefixes checked after the search", min=1)
+        min_gain: float = option(0.25, "a remedy (another range, layers in float) is kept only when the worst part "
+                                       "gains at least this many dB", min=0.0)
 
     @staticmethod
     def _runs(stats, ctx, graph) -> int:
@@ -102,8 +104,8 @@ class Guard(Pass["Guard.Options"]):
 
         res = run_guard(graph, ref, record.plan, ctx.calib_data, sqnr=o.sqnr, budget=o.budget, samples=o.samples,
                         search_samples=o.search_samples, runs=o.runs or self._runs(stats, ctx, graph),
-                        max_steps=o.max_steps, range_of=range_of, diagnostics=ctx.diagnostics, threads=ctx.threads,
-                        kept=getattr(stats, "outputs", None))
+                        max_steps=o.max_steps, min_gain=o.min_gain, range_of=range_of,
+                        diagnostics=ctx.diagnostics, threads=ctx.threads, kept=getattr(stats, "outputs", None))
         report = GuardReport(res, o.sqnr)
         ctx.state.put(report)
         record.recipe_used["guard"] = report.to_dict()  # written beside the output; `qcompiler report` shows it

@@ -29,14 +29,25 @@ def compile_model(input_path, output_path, pipeline, options=None, **kwargs):
     return _compile(input_path, output_path, pipeline, options, **kwargs)
 
 
+def compile_torch(module, example_inputs, output, pipeline="trt-int8", options=None, **kwargs):
+    """Export a torch module (float) and compile it; see :func:`qcompiler.torch.compile_torch`."""
+    from .torch import compile_torch as _compile
+
+    return _compile(module, example_inputs, output, pipeline, options, **kwargs)
+
+
 def __getattr__(name):
     if name == "CompileOptions":  # the options object (qcompiler.api), imported on first use
         from .api import CompileOptions
 
         return CompileOptions
+    if name == "torch":  # qcompiler.torch (OnnxModule, compile_torch): torch is imported only then
+        import importlib
+
+        return importlib.import_module(".torch", __name__)
     raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")
 
 
 __all__ = ["Diagnostic", "QCompilerError", "Severity", "graph_to_text", "load_model", "save_model",
            "verify_graph", "PassContext", "PassManager", "parse_pipeline", "print_pipeline", "run_pipeline",
-           "compile_graph", "compile_model", "CompileOptions", "__version__"]
+           "compile_graph", "compile_model", "compile_torch", "CompileOptions", "__version__"]

@@ -37,6 +37,8 @@ class CompileResult:
     context: PassContext
     output: Path | None = None
     extra_files: list[Path] = field(default_factory=list)
+    #: the output already held this compile's result (same build key): nothing ran, nothing was written
+    up_to_date: bool = False
 
 
 def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
@@ -91,6 +93,15 @@ class CompileOptions:
     state: str | os.PathLike | None = None
     #: a warning (a pass that did nothing, a layer that fell back) fails the run and writes nothing
     werror: bool = False
+    #: write the files the output depends on here (Makefile syntax, for Make/Ninja/CMake: qcompiler/build.py)
+    depfile: str | os.PathLike | None = None
+    #: write the inputs' hashes, the canonical pipeline, versions and a summary here (JSON)
+    manifest: str | os.PathLike | None = None
+    #: compile even when the output records the build key of the inputs as they are now
+    rebuild: bool = False
+    #: the files the model was made from when it is not the input file itself (a .pt2 exported on the way): the
+    #: build key and the depfile name them instead of the temporary export
+    model_files: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, options: "CompileOptions | None", kwargs: Mapping[str, Any]) -> "CompileOptions":
@@ -153,20 +164,48 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
     given here is the caller's to close; one made here from a string is closed here.  ``state`` is a folder of
     pass state saved by a reproducer (``DIR/state``): the pipeline starts with it, so a saved ``insert-qdq``
     failure replays with its calibration statistics."""
+    from . import build
+
     o = CompileOptions.of(options, kwargs)
     out = check_output_path(input_path, output_path)
     spec = load_pipeline(pipeline, registry)  # syntax, names and options: fail before loading anything
     diags = diagnostics if diagnostics is not None else DiagnosticEngine()
     ctx = make_context(o, diagnostics=diags)
     try:
-        return _compile_in(ctx, input_path, out, spec, diags, o, registry)
+        inputs = build.gather(input_path, str(spec), o, ctx.calib_data)
+        key = inputs.key
+        if key is not None and not o.rebuild and build.recorded_key(out) == key:
+            diags.remark("QC140", f"{out} is up to date (model, data, recipe and pipeline unchanged): not rebuilt")
+            res = CompileResult(load_model(out, normalize=False), str(spec), PipelineResult(), diags, ctx, out,
+                                up_to_date=True)
+        else:
+            if key is None and o.depfile is None and o.manifest is None:
+                pass
+            elif key is None:
+                diags.remark("QC140", f"no build key: {inputs.why_not}; the output is always rebuilt")
+            res = _compile_in(ctx, input_path, out, spec, diags, o, registry, key)
+        if o.depfile is not None:
+            build.write_depfile(o.depfile, out, inputs)
+        if o.manifest is not None:
+            build.write_manifest(o.manifest, out, inputs, _summary(res), res.up_to_date)
+        return res
     finally:
         if ctx.executor is not o.executor:
             ctx.executor.close()
 
 
+def _summary(res: CompileResult) -> dict[str, Any]:
+    """What the manifest says about the result: the state reports' summaries."""
+    out: dict[str, Any] = {"pipeline": res.pipeline}
+    for st in res.context.state:
+        d = getattr(st, "to_dict", None)
+        if d is not None and getattr(st, "fact", "") in ("guard-report", "float-type-report"):
+            out[st.fact] = d()
+    return out
+
+
 def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec: Any, diags: DiagnosticEngine,
-                o: CompileOptions, registry: Registry | None) -> CompileResult:
+                o: CompileOptions, registry: Registry | None, key: str | None = None) -> CompileResult:
     if o.state is not None:
         ctx.state, saved_facts = StateStore.load(Path(o.state))
         ctx.facts |= saved_facts
@@ -214,6 +253,10 @@ def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec
     from . import __version__
 
     meta.metadata_props["qcompiler.version"] = __version__
+    if key is not None:
+        from .build import KEY
+
+        meta.metadata_props[KEY] = key
     written = save_model(graph, out, external_data=o.external_data)
     extra: list[Path] = []
     record = ctx.state.get(QuantizationRecord)

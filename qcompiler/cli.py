@@ -95,7 +95,9 @@ def _add_diag_args(p: argparse.ArgumentParser) -> None:
 def _add_calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-data", metavar="PATH",
                    help="calibration data: .npz (arrays keyed by input name, samples on axis 0), a folder of "
-                        ".npz/.npy files, or a folder of images (see --preprocess)")
+                        ".npz/.npy files, a folder of images (see --preprocess), or MODULE:FUNCTION, a Python "
+                        "function returning an iterable of feeds (a torch DataLoader, a Dataset, tensors, tuples "
+                        "or dicts; the current folder is importable)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="calibration batch size (default: 8, or 1 for models with a fixed batch of 1)")
     p.add_argument("--max-samples", type=int, default=None, metavar="N", help="use at most N calibration samples")
@@ -121,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = _sub(sub, "compile", "run a pipeline on a model and write the result")
-    p.add_argument("input", help="input .onnx model (never modified)")
+    p.add_argument("input", help="input .onnx model, or a saved torch.export program (.pt2: exported to ONNX "
+                                 "first); never modified")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     p.add_argument("--pipeline", required=True, metavar="SPEC",
                    help="pipeline text (e.g. 'fold-bn,cle,calibrate,insert-qdq' or 'trt-int8'), or a .json/.yaml file")
@@ -154,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--Werror", action="store_true",
                    help="treat warnings (a pass that did nothing, a layer that fell back) as errors: exit 1, "
                         "nothing written")
+    p.add_argument("--depfile", metavar="FILE",
+                   help="write the files the output depends on (model, external data, calibration files, recipe) "
+                        "in the Makefile form Make and Ninja read")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="write the inputs' hashes, the canonical pipeline, versions and a summary (JSON)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="compile even when the output is up to date (it records the inputs it was built from)")
     _add_diag_args(p)
 
     p = _sub(sub, "passes", "list passes and named pipelines, or describe one")
@@ -252,6 +262,28 @@ def _progress(args) -> bool | None:
     return None if v == "auto" else v == "on"
 
 
+def _calib_data(spec: str | None) -> Any:
+    """``--calib-data``: a path as it is, or ``MODULE:FUNCTION`` (not an existing path) imported from the current
+    folder or the environment: the function is called for each pass over the data, and what it returns (an
+    iterable of feeds: a DataLoader, a list, a generator) is the data."""
+    import re
+
+    if spec is None or os.path.exists(spec) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        return spec
+    import importlib
+
+    mod_name, fn_name = spec.split(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--calib-data {spec}: cannot import it ({exc})", code="QC401",
+                         hint="MODULE:FUNCTION names a function in an importable module (the current folder is on "
+                              "the path), or give a file or folder") from None
+    return fn
+
+
 def _calib_options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if getattr(args, "batch_size", None):
@@ -270,7 +302,7 @@ def _calib_options(args) -> dict[str, Any]:
 def _make_executor(args):
     from .executor import make_executor
 
-    return make_executor(getattr(args, "executor", "local"))
+    return make_executor(getattr(args, "executor", "local"), verbose=bool(getattr(args, "verbose", 0)))
 
 
 def _print_timing(ex, args) -> None:
@@ -298,18 +330,33 @@ def cmd_compile(args) -> int:
     ex = _make_executor(args)
     try:
         opts = CompileOptions(
-            config=args.config, calib_data=args.calib_data, calib_options=_calib_options(args),
+            config=args.config, calib_data=_calib_data(args.calib_data), calib_options=_calib_options(args),
             calib_cache=args.calib_cache, input_shapes=shapes, allow_random_calibration=args.allow_random_calibration,
             seed=args.seed, threads=args.threads, progress=_progress(args), executor=ex,
             verify_each=args.verify_each, dump_ir=args.dump_ir, timing=args.timing, reproducer=args.reproducer,
-            external_data=args.external_data, state=args.state, werror=args.Werror)
-        res = compile_model(args.input, args.output, args.pipeline, opts, diagnostics=diags)
+            external_data=args.external_data, state=args.state, werror=args.Werror, depfile=args.depfile,
+            manifest=args.manifest, rebuild=args.rebuild)
+        if str(args.input).endswith(".pt2"):  # a saved torch.export program: exported to ONNX, then compiled
+            from .torch import compile_torch, load_exported_program
+
+            from dataclasses import replace
+
+            ep, example = load_exported_program(args.input)
+            res = compile_torch(ep, example, args.output, args.pipeline,
+                                replace(opts, model_files=(str(args.input),)), diagnostics=diags)
+        else:
+            res = compile_model(args.input, args.output, args.pipeline, opts, diagnostics=diags)
     except QCompilerError:
         _emit(list(diags), args)
         raise
     finally:
         ex.close()
     _emit(list(diags), args)
+    if res.up_to_date:
+        if not args.quiet:
+            print(f"up to date: {res.output} (model, data, recipe and pipeline unchanged; --rebuild to compile "
+                  "anyway)", file=sys.stderr)
+        return 0
     if not args.quiet:
         print(f"wrote {res.output} ({res.pipeline})", file=sys.stderr)
         guard: Any = next((st for st in res.context.state if getattr(st, "fact", "") == "guard-report"), None)

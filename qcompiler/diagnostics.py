@@ -47,6 +47,10 @@ CODES: dict[str, str] = {
     "QC110": "plugin failed to load",
     "QC120": "pass state missing",
     "QC121": "pass state folder unreadable",
+    "QC130": "executor unavailable",
+    "QC131": "cannot start or join the Ray cluster",
+    "QC132": "a task failed on the Ray cluster",
+    "QC140": "output up to date (nothing rebuilt)",
     # models
     "QC201": "model file not found",
     "QC202": "model file is not a valid ONNX model",

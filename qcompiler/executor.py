@@ -125,7 +125,7 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, max_retries: int = 2,
-                 object_store_mib: int | None = None):
+                 object_store_mib: int | None = None, verbose: bool = False):
         super().__init__()
         try:
             import ray
@@ -138,8 +138,12 @@ class RayExecutor(Executor):
         t0 = time.perf_counter()
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local runtime needs no tokens
+            import logging
+
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                      "ignore_reinit_error": True}
+                                      "ignore_reinit_error": True,
+                                      # Ray's own "Started a local Ray instance" line only with -v
+                                      "logging_level": logging.INFO if verbose else logging.WARNING}
             if address:
                 kwargs["address"] = address
             else:
@@ -211,18 +215,19 @@ class RayExecutor(Executor):
             self.ray.shutdown()
 
 
-def make_executor(spec: str | Executor | None) -> Executor:
-    """``local`` / None, ``ray`` (a local runtime), ``ray:auto``, ``ray:ADDRESS`` or ``ray://host:port``."""
+def make_executor(spec: str | Executor | None, *, verbose: bool = False) -> Executor:
+    """``local`` / None, ``ray`` (a local runtime), ``ray:auto``, ``ray:ADDRESS`` or ``ray://host:port``.
+    ``verbose``: Ray's own start-up lines reach stderr."""
     if isinstance(spec, Executor):
         return spec
     if spec is None or spec == "local":
         return LocalExecutor()
     if spec == "ray":
-        return RayExecutor()
+        return RayExecutor(verbose=verbose)
     if spec.startswith("ray://"):
-        return RayExecutor(spec)
+        return RayExecutor(spec, verbose=verbose)
     if spec.startswith("ray:"):
-        return RayExecutor(spec[4:])
+        return RayExecutor(spec[4:], verbose=verbose)
     raise UsageError(f"unknown executor '{spec}'", code="QC130", hint="use local, ray, ray:auto or ray://host:port")
 
 

@@ -131,8 +131,14 @@ class CalibData:
 def as_data_source(data: Any, *, batch_size: int | None = None, max_samples: int | None = None,
                    skip_bad: bool = False, preprocess: str | None = None, cache_key: str | None = None,
                    layout: str = "auto") -> CalibData:
-    """Wrap a path, arrays, iterable or data reader into a CalibData."""
+    """Wrap a path, arrays, an iterable (a list, a function returning an iterator, a torch DataLoader or Dataset:
+    items are dicts, arrays/tensors or tuples matched by position), a data reader or a Ray object reference into a
+    CalibData."""
     opts = DataOptions(batch_size, max_samples, skip_bad, preprocess, check_layout(layout))
+    if type(data).__name__ == "ObjectRef":  # data a Ray driver put in the object store
+        from ..executor import resolve
+
+        data = resolve(data)
     if isinstance(data, CalibData):
         return data
     if isinstance(data, DataSource):

@@ -124,6 +124,10 @@ class DataSource:
         """The file or folder the data is read from (None for in-memory data)."""
         return None
 
+    def dependencies(self) -> list[Path]:
+        """Every file the data is read from (a build's dependencies; [] for in-memory data)."""
+        return []
+
     def keys(self) -> list[str] | None:
         return None
 
@@ -142,6 +146,10 @@ class FileSource(DataSource):
 
     def location(self) -> str | None:
         return str(self.path)
+
+    def dependencies(self) -> list[Path]:
+        listed = getattr(self, "files", None)  # a folder's files
+        return list(listed) if isinstance(listed, list) else [self.path]
 
     def fingerprint(self) -> str | None:
         return _file_hash(self.path)
@@ -292,9 +300,25 @@ class ImageFolderSource(FileSource):
         return h.hexdigest()
 
 
+def _array(v: Any) -> Any:
+    """A torch tensor (on any device) as a numpy array; anything else as it is (numpy arrays, scalars)."""
+    if hasattr(v, "detach") and hasattr(v, "cpu"):
+        return v.detach().cpu().numpy()
+    return v
+
+
+def is_torch_data(data: Any) -> bool:
+    """A torch DataLoader, Dataset or tensor (told by their classes' modules: torch is never imported here)."""
+    return any(c.__module__.startswith("torch") for c in type(data).__mro__ if c is not object)
+
+
 class IterableSource(DataSource):
-    """Feed dicts from a re-iterable (list, generator function) or an ORT CalibrationDataReader: one feed per
-    item, taken as it is."""
+    """Feeds from a re-iterable (list, generator function, torch DataLoader or Dataset) or an onnxruntime
+    CalibrationDataReader, one feed per item.  An item is a dict keyed by input name, or an array or tensor (a
+    single-input model), or a tuple/list matched to the inputs by position: elements past the model's inputs are
+    labels (one integer vector is kept for top-1 in reports).  Torch tensors become numpy arrays.  Items of a
+    map-style Dataset are single samples, batched here (``per_sample``); a DataLoader's batches are taken as they
+    come."""
 
     default_batch = None
 
@@ -303,6 +327,40 @@ class IterableSource(DataSource):
         self.cache_key = cache_key
         self.description = "the calibration data"
         self._used = False
+        self.names: list[str] = []
+        self.extra_dropped = 0  # tuple elements past the model's inputs seen (labels)
+        cls = type(data)
+        #: a map-style torch Dataset: each item is one sample (no batch axis), so samples are joined into batches
+        self.per_sample = is_torch_data(data) and not hasattr(data, "batch_size") and hasattr(cls, "__getitem__")
+        if self.per_sample:
+            self.default_batch = 8
+            self.description = f"the {cls.__name__} dataset"
+        elif is_torch_data(data):
+            self.description = f"the {cls.__name__}"
+
+    def bind(self, graph: gs.Graph) -> None:
+        self.names = [t.name for t in graph.inputs]
+
+    def _feed(self, k: int, item: Any) -> dict[str, Any]:
+        """Item ``k`` as arrays keyed by input name."""
+        if isinstance(item, dict):
+            return {str(n): _array(v) for n, v in item.items()}
+        if not isinstance(item, (tuple, list)):
+            item = (item,)
+        if not self.names:
+            raise CalibrationError(f"item {k} of {self.description} is a {type(item).__name__}: items matched by "
+                                   "position need the model's inputs", code="QC402")
+        if len(item) < len(self.names):
+            raise CalibrationError(f"item {k} of {self.description} holds {len(item)} value(s); the model takes "
+                                   f"{len(self.names)} input(s) ({', '.join(self.names)})", code="QC402",
+                                   hint="yield one value per input (in order), or a dict keyed by input name")
+        feed = {n: _array(v) for n, v in zip(self.names, item)}
+        rest = [_array(v) for v in item[len(self.names):]]
+        if rest:
+            self.extra_dropped += 1
+            if len(rest) == 1 and isinstance(rest[0], np.ndarray) and rest[0].dtype.kind in "iu" and rest[0].ndim <= 1:
+                feed["__labels__"] = rest[0].reshape(-1)
+        return feed
 
     def _items(self) -> Iterator[Any]:
         d = self.data
@@ -331,10 +389,12 @@ class IterableSource(DataSource):
 
     def chunks(self, layout: str, rows: int) -> Iterator[Chunk]:
         for k, item in enumerate(self._items()):
-            if not isinstance(item, dict):
-                raise CalibrationError(f"item {k} of the calibration data is a {type(item).__name__}, not a dict of "
-                                       "arrays keyed by input name", code="QC402")
-            yield Chunk({str(n): v for n, v in item.items() if n not in LABEL_KEYS}, f"item {k}",
+            feed = self._feed(k, item)
+            if self.per_sample:  # one sample: a batch axis in front, joined into batches by the caller
+                feed = {n: np.asarray(v)[None] for n, v in feed.items() if n not in LABEL_KEYS}
+                yield Chunk(feed, f"item {k}", layout="batch" if layout == "auto" else layout)
+                continue
+            yield Chunk({n: v for n, v in feed.items() if n not in LABEL_KEYS}, f"item {k}",
                         layout="feed" if layout == "auto" else layout)
 
     def fingerprint(self) -> str | None:

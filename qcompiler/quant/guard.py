@@ -7,7 +7,10 @@ After ``insert-qdq`` the quantized model is compared with the FP32 one on a few 
 by output part, each by what its user consumes (qcompiler/quant/judge.py: SQNR for values, decision disagreement
 for probabilities, top-class changes for class distributions, F1 of the decoded detections for a raw detection
 head, matched rows for end-to-end detectors), as a health in dB.  When every part is at or above the threshold the
-model is healthy and nothing changes: one FP32 and one quantized run over ``samples`` samples.
+model is healthy and nothing changes: one quantized run over ``samples`` samples (their FP32 outputs are the ones
+calibration kept).  A worst part within ``margin`` dB under the threshold is judged again on as many samples more
+before anything is searched: a decision measure moves by a whole flipped decision on a few samples, and sampling
+noise must not buy float layers.  A remedy is kept only when the worst part gains at least ``min_gain`` dB.
 
 Otherwise every quantization point (an activation tensor, or the tensors sharing one scale) gets switches in one
 onnxruntime session: its DequantizeLinear output is replaced by
@@ -352,7 +355,8 @@ def _reference_run(reference: gs.Graph, feeds, threads: int | None, with_shapes:
 
 def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: float = 20.0, budget: float = 0.02,
               samples: int = 4, search_samples: int = 1, runs: int = 32, max_steps: int = 6, margin: float = 2.0,
-              tau: float = 0.05, range_of: RangeOf | None = None, diagnostics: DiagnosticEngine | None = None,
+              tau: float = 0.05, min_gain: float = 0.25, range_of: RangeOf | None = None,
+              diagnostics: DiagnosticEngine | None = None,
               threads: int | None = None,
               kept: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None) -> GuardResult:
     """Decide which points get which remedy (module docstring); the graph is not changed here.  ``sqnr`` is the
@@ -385,6 +389,22 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
     before = judge.health(q_out)
     worst0 = min(before.values())
     used += len(feeds)
+    if sqnr - margin <= worst0 < sqnr:
+        # just under the threshold on a few samples (a decision measure moves a point per flipped decision):
+        # as many samples again before searching, so sampling noise does not buy float layers
+        more = _feeds(data, reference, 2 * samples)[len(feeds):]
+        if more:
+            more_ref, _ = _reference_run(reference, more, threads)
+            q_sess = Session(qdq, opt_level="basic", threads=threads)
+            try:
+                q_out += _run(q_sess, more)
+            finally:
+                q_sess.close()
+            used += 2 * len(more)
+            feeds, ref = feeds + more, ref + more_ref
+            judge = Judge(parts, ref)
+            before = judge.health(q_out)
+            worst0 = min(before.values())
     if worst0 >= sqnr:
         return GuardResult(True, worst0, worst0, before, before, evaluations=1, runs=used, forms=forms)
     shapes = _reference_run(reference, feeds[:1], threads, with_shapes=True)[1]
@@ -482,7 +502,7 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
             trial = check(set(), {a.index for _, a in picks})
             steps += 1
             w = min(trial.values())
-            if w > worst + 0.05:
+            if w > worst + min_gain:
                 alts = {a.index for _, a in picks}
                 chosen_alt = {p.index for p, _ in picks}
                 for p, a in picks:
@@ -505,7 +525,7 @@ def run_guard(qdq: gs.Graph, reference: gs.Graph, plan: Plan, data, *, sqnr: flo
             trial = check({q.index for q in floated}, alts)
             steps += 1
             w = min(trial.values())
-            if w > best_prefix[0] + 0.05:
+            if w > best_prefix[0] + min_gain:
                 best_prefix = (w, len(floated), trial)
         chosen = floated[:best_prefix[1]]
         for p in chosen:

@@ -24,8 +24,11 @@ def test_milestones_parse():
         parse_milestones("observers")
 
 
-@pytest.mark.parametrize("name", ["transformer", pytest.param("mobilenetv2", marks=pytest.mark.slow)])
-def test_w4a4_qat_recovers_within_a_point(zoo, digits, tmp_path, capsys, name):
+# learning rate per model: MobileNetV2's depthwise layers at 4 bits need a larger step than the default 1e-3 in 6
+# epochs (measured on the zoo model trained with torch 2.13: 98.33 at 1e-3, 98.70 at 3e-3, FP32 99.63)
+@pytest.mark.parametrize("name, lr", [("transformer", None), pytest.param("mobilenetv2", "3e-3",
+                                                                          marks=pytest.mark.slow)])
+def test_w4a4_qat_recovers_within_a_point(zoo, digits, tmp_path, capsys, name, lr):
     from qcompiler.cli import main
 
     src = zoo.onnx_path(name)
@@ -39,7 +42,7 @@ def test_w4a4_qat_recovers_within_a_point(zoo, digits, tmp_path, capsys, name):
     out = tmp_path / "qat.onnx"
     assert main(["finetune", str(ptq), "--fp32", str(src), "--calib-data", str(zoo.calibration_npz(name, 1024)),
                  "--method", "qat", "--epochs", "6", "--milestones", "observers=4,bn=5", "--max-samples", "1024",
-                 "-o", str(out), "-v"]) == 0
+                 "-o", str(out), "-v"] + (["--lr", lr] if lr else [])) == 0
     err = capsys.readouterr().err
     assert "[qat] 5/6 epochs" in err and "(step sizes frozen)" in err  # one line per epoch, the milestone logged
     assert "milestone bn has nothing to freeze" in err

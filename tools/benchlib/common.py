@@ -109,8 +109,19 @@ def plain_inference(model: str, npz: str, batch: int = 8, threads: int | None = 
 
 
 def ort_preprocess(src: str, dst: str) -> str:
+    """onnxruntime's recommended pre-processing; a model below opset 13 is converted to 13 first (quantize_static
+    writes per-channel DequantizeLinear with ``axis``, which needs 13: below it its output is an invalid model, so a
+    user would convert first)."""
+    import onnx
+    from onnx import version_converter
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    m = onnx.load(src, load_external_data=False)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        up = dst + ".opset13.onnx"
+        onnx.save(version_converter.convert_version(onnx.load(src), 13), up)
+        src = up
     quant_pre_process(src, dst, skip_symbolic_shape=True)
     return dst
 

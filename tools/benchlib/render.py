@@ -201,6 +201,9 @@ def _cle(out: list[str], res: dict, data: dict) -> None:
 
 #: section -> (title, columns, key cells) for the plain one-row-per-measurement tables
 TABLES: dict[str, tuple[str, list[tuple[str, Cell]], int]] = {
+    "torch": ("qcompiler.compile_torch with a DataLoader (export, calibration, compile in one call)", [
+        ("model", col("model")), ("samples", col("samples")), ("wall s", col("wall_s", 1)),
+        ("peak RSS MiB", col("peak_rss_mib", 0))], 2),
     "recovery": ("Accuracy recovery (digits test split)", [
         ("model", col("model")), ("setting", col("setting")), ("pipeline", col("pipeline", code=True)),
         ("top-1", col("top1")), ("SQNR dB", col("sqnr_db", 1)), ("fine-tuning s", col("finetune_s", 1)),

@@ -636,6 +636,18 @@ class Bench:
                         acc.append({"model": m, "weights": f"{dtype} {scheme}", "pipeline": pipe, **r})
         self.results["sections"]["cle"] = {"layers": layers, "accuracy": acc}
 
+    @section("torch")
+    def torch_front(self) -> None:
+        """Issue #25: compile_torch with a DataLoader: peak RSS at 32 and 1024 samples (memory must stay flat)."""
+        rows = []
+        for m in (self.args.models or ["resnet18", "mobilenetv2-full"]):
+            for n in (32, 1024):
+                log(f"[torch] {m} compile_torch, DataLoader of {n} samples")
+                r = run_task({"kind": "torch_compile", "model": m, "samples": n,
+                              "out": str(self.work / f"torch-{m}-{n}.onnx")})
+                rows.append({"model": m, "samples": n, **r})
+        self.results["sections"]["torch"] = rows
+
     @section("real")
     def real(self) -> None:
         """Issue #22: the development set of shipped models (models/real/) through every tool."""
