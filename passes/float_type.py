@@ -186,7 +186,13 @@ class FloatType(Pass["FloatType.Options"]):
                                          f"graph before the rewrite (below {self.options.check:g})",
                                 hint="lower float-type's limit (more fp32 islands), or use float=fp32")
         macs_share, weight_share = _shares(graph, target)
-        ctx.state.put(FloatTypeReport(target, res.islands, res.casts, macs_share, weight_share, health))
+        report = FloatTypeReport(target, res.islands, res.casts, macs_share, weight_share, health)
+        ctx.state.put(report)
+        from qcompiler.quant.state import QuantizationRecord
+
+        record = ctx.state.get(QuantizationRecord)
+        if record is not None:  # written beside the output; `qcompiler report` lists the islands
+            record.recipe_used["float_type"] = report.to_dict()
         if res.changed:
             worst = min(health.values()) if health else None
             ctx.remark("QC301", f"float-type {target}: {res.nodes_retyped} node(s) retyped, {len(res.islands)} "

@@ -241,6 +241,12 @@ def write_report(fp32_path: str, qdq_path: str, out_dir: str, *, calib_data: Any
             what = "float" if d["remedy"] == "float" else f"the {d['remedy'].split('=')[1]} range"
             md.append(f"* {', '.join(f'`{t}`' for t in d['tensors'])}: {what}"
                       + (f" (layers {', '.join(d['layers'])})" if d["layers"] else ""))
+    ft = recipe.get("float_type")
+    if ft and ft.get("type") != "fp32":
+        md += ["", f"Float parts in {ft['type']}: {100 * ft['float_macs_share']:.0f} % of the float layers' MACs and "
+                   f"{100 * ft['float_weight_share']:.0f} % of the float weight bytes; {ft['casts']} Cast(s); "
+                   f"{len(ft['islands'])} fp32 island(s)" + (":" if ft["islands"] else "."), ""]
+        md += [f"* `{i['node']}` ({i['op']}): {i['reason']}" for i in ft["islands"]]
     md += ["", "| layer | SQNR dB | only-this-layer output SQNR dB |", "|---|---|---|"]
     for row in sorted(summary["layers"], key=lambda r: r["sqnr_db"]):
         md.append(f"| `{row['layer']}` | {row['sqnr_db']:.1f} | "

@@ -109,6 +109,10 @@ def test_islands_are_measured_and_said(tmp_path):
     ops = {i.op for i in rep.islands}
     assert "LayerNormalization" in ops and all("squares" in i.reason or "reaches" in i.reason for i in rep.islands)
     assert any(d.code == "QC305" and "keeps" in d.message and "fp32" in d.message for d in diags)
+    import json
+
+    recorded = json.loads((tmp_path / "q.onnx.recipe.json").read_text())["float_type"]  # `qcompiler report` reads it
+    assert recorded["type"] == "fp16" and {i["op"] for i in recorded["islands"]} == ops
     g, kinds = _types(out)
     ln = next(n for n in g.nodes if n.op == "LayerNormalization")
     assert kinds[ln.outputs[0].name] == "fp32" and kinds[ln.inputs[0].name] == "fp32"

@@ -170,3 +170,87 @@ def test_up_to_date_outputs_are_left_alone_and_inputs_are_listed(tmp_path):
     np.savez(calib, x=x.numpy() * 2)  # new data: rebuilt
     assert not qcompiler.compile_model(src, out, "trt-int8", **kw).up_to_date
     assert not qcompiler.compile_model(src, out, "trt-int8", **kw, rebuild=True).up_to_date
+
+
+def _photos(n: int, size: int) -> torch.Tensor:
+    """Real photographs (scikit-image's samples), crops resized to ``size``, ImageNet-normalised."""
+    ski = pytest.importorskip("skimage")
+    from skimage import data as skd
+    from skimage.transform import resize
+
+    imgs = [skd.astronaut(), skd.chelsea(), skd.coffee(), skd.rocket(), skd.hubble_deep_field()]
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        im = imgs[k % len(imgs)]
+        h, w = im.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        crop = resize(im[y:y + s, x:x + s], (size, size), anti_aliasing=True).astype(np.float32)
+        out.append((crop - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225])
+    del ski
+    return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).astype(np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenetv2-full", "efficientnet-b0"])
+def test_architectures_through_compile_torch_equal_the_cli_path(zoo, tmp_path, name):
+    """The zoo's ImageNet-shaped architectures (random weights) with a DataLoader of real photos: lint-clean, run,
+    and the same model as exporting and compiling the file with the same photos from an .npz."""
+    from qcompiler.torch import export_module
+
+    entry = zoo.get(name)
+    torch.manual_seed(0)
+    m = entry.build().eval()
+    x = _photos(32, entry.input_shape[-1])
+    out = tmp_path / "t.onnx"
+    qcompiler.compile_torch(m, (x[:1],), out, calib_data=_loader(x, 8), progress=False)
+    assert lint_model(out).n_errors == 0
+    qm = qcompiler.torch.OnnxModule(out)
+    with torch.no_grad():
+        y, y0 = qm(x[:4]), m(x[:4])
+    assert torch.isfinite(y).all() and y.shape == y0.shape
+    src, npz, out2 = tmp_path / "m.onnx", tmp_path / "calib.npz", tmp_path / "f.onnx"
+    export_module(m, (x[:1],), src)
+    np.savez(npz, **{onnx.load(str(src), load_external_data=False).graph.input[0].name: x.numpy()})
+    qcompiler.compile_model(src, out2, "trt-int8", calib_data=str(npz), progress=False)
+    assert _graph_bytes(out) == _graph_bytes(out2)
+
+
+@pytest.mark.slow
+def test_a_bert_encoder_from_its_config_with_a_dataloader_of_sentences(tmp_path):
+    """A transformers BERT-class encoder built from its config (random weights), token ids of real sentences (the
+    standard library's docstrings) in a DataLoader of dicts: exported by the dynamo exporter, compiled, lint-clean,
+    runs, agrees with the module."""
+    transformers = pytest.importorskip("transformers")
+    import inspect
+    import string
+
+    cfg = transformers.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=256, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    enc = Encoder(model).eval()
+    words = " ".join(inspect.getdoc(f) or "" for f in vars(string).values() if callable(f)).split()
+    ids = np.array([sum(map(ord, w)) % 997 + 2 for w in words], np.int64)
+    seq = 32
+    batches = [{"input_ids": torch.from_numpy(ids[k:k + 4 * seq].reshape(4, seq)),
+                "attention_mask": torch.ones(4, seq, dtype=torch.long)} for k in range(0, 8 * 4 * seq, 4 * seq)]
+    out = tmp_path / "bert.onnx"
+    qcompiler.compile_torch(enc, (batches[0]["input_ids"], batches[0]["attention_mask"]), out,
+                            calib_data=batches, progress=False)
+    assert lint_model(out).n_errors == 0
+    qm = qcompiler.torch.OnnxModule(out)
+    with torch.no_grad():
+        y, y0 = qm(**batches[-1]), enc(**batches[-1])
+    cos = torch.nn.functional.cosine_similarity(y.float().flatten(1), y0.flatten(1)).mean()
+    assert cos > 0.98, float(cos)
