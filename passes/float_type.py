@@ -80,7 +80,7 @@ def _run(graph: gs.Graph, feeds: list[dict[str, np.ndarray]], threads: int | Non
 def _measured(graph: gs.Graph, feeds: list[dict[str, np.ndarray]], threads: int | None
               ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
     """One run of ``graph`` over the feeds giving both the largest magnitude of every float tensor of the top-level
-    graph (inf when not finite: a reduction per tensor, computed inside onnxruntime) and the model's outputs."""
+    graph (inf when not finite: its max and min reduced inside onnxruntime) and the model's outputs."""
     g = copy_graph(graph)
     names = Namer(g)
     probes: dict[str, str] = {}
@@ -90,18 +90,18 @@ def _measured(graph: gs.Graph, feeds: list[dict[str, np.ndarray]], threads: int 
             continue
         if t.inputs and t.inputs[0].op == "QuantizeLinear":
             continue
-        a = gs.Variable(names(t.name + "_abs"), dtype=t.dtype)
-        m = gs.Variable(names(t.name + "_absmax"), dtype=t.dtype, shape=[])
-        g.nodes += [gs.Node("Abs", names(t.name + "_abs"), inputs=[t], outputs=[a]),
-                    gs.Node("ReduceMax", names(t.name + "_absmax"), attrs={"keepdims": 0}, inputs=[a], outputs=[m])]
-        probes[m.name] = t.name
-        outs.append(m)
+        for op in ("ReduceMax", "ReduceMin"):  # (no |x| temporary: two scalars per tensor, little memory)
+            m = gs.Variable(names(f"{t.name}_{op.lower()}"), dtype=t.dtype, shape=[])
+            g.nodes.append(gs.Node(op, names(f"{t.name}_{op.lower()}"), attrs={"keepdims": 0}, inputs=[t],
+                                   outputs=[m]))
+            probes[m.name] = t.name
+            outs.append(m)
     g.outputs = outs
     runs = _run(g, feeds, threads)
     ranges: dict[str, float] = {}
     for r in runs:
         for probe, name in probes.items():
-            v = float(np.asarray(r[probe], np.float64))
+            v = abs(float(np.asarray(r[probe], np.float64)))
             ranges[name] = float("inf") if not np.isfinite(v) else max(ranges.get(name, 0.0), v)
     keep = [t.name for t in graph.outputs]
     return ranges, [{k: r[k] for k in keep} for r in runs]

@@ -222,7 +222,7 @@ def _compile_in(ctx: PassContext, input_path: str | os.PathLike, out: Path, spec
     if inputs_changed:
         fixes += reconcile_shapes(graph)
     for line in fixes:
-        diags.remark("QC212", f"declared shape corrected: {line}")
+        diags.remark("QC212", f"declaration corrected: {line}")
     for p in type_problems(graph)[:1]:  # a graph onnxruntime and TensorRT would refuse: say so before any pass
         raise ModelLoadError(f"{input_path}: the model is not valid: {p.message}", code="QC203", node=p.node,
                              location=str(input_path), hint="fix or re-export the model")

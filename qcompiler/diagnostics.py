@@ -63,7 +63,7 @@ CODES: dict[str, str] = {
     "QC209": "input shape override invalid",
     "QC210": "pass broke the graph (verify-each)",
     "QC211": "pass reported a wrong 'modified' flag",
-    "QC212": "declared shape corrected",
+    "QC212": "declared shape or element type corrected",
     # pass remarks
     "QC301": "rewrite applied",
     "QC302": "rewrite skipped",

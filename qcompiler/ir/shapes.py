@@ -76,6 +76,16 @@ def infer_shapes(graph: gs.Graph, *, strict: bool = False) -> int:
     return changed
 
 
+def _np_dtype(dtype) -> np.dtype | None:
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype))) if isinstance(dtype, (int, np.integer)) \
+            else np.dtype(dtype)
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def _conflict(declared, inferred) -> bool:
     """The declaration contradicts inference: another rank, or another value of a static dim."""
     if len(declared) != len(inferred):
@@ -85,16 +95,19 @@ def _conflict(declared, inferred) -> bool:
 
 
 def reconcile_shapes(graph: gs.Graph) -> list[str]:
-    """Declared shapes are hints, not truth: exporters write wrong or empty output and value_info shapes (a rank-3
-    output declared ``shape {}``).  Shapes are inferred from the inputs alone (declarations of outputs and
-    intermediate tensors ignored); where an inference contradicts a declaration, the inferred shape replaces it,
-    missing ones are filled in, and when any declaration was wrong, those inference cannot check are dropped.
+    """Declared shapes and element types are hints, not truth: exporters and converters write wrong or empty output
+    and value_info shapes (a rank-3 output declared ``shape {}``) and wrong types (an fp16 converter's output
+    declared float16 behind its Cast to float).  Shapes and types are inferred from the inputs alone (declarations
+    of outputs and intermediate tensors ignored); where an inference contradicts a declaration, the inferred shape
+    or type replaces it, missing ones are filled in, and when any declaration was wrong, those inference cannot
+    check are dropped.
     Returns one line per corrected declaration (graph inputs are never changed here: see
     :func:`reconcile_inputs`).  When inference fails, declarations stay as they are."""
     model = strip_weights(export_model(graph))
     del model.graph.value_info[:]
     for o in model.graph.output:
         o.type.tensor_type.ClearField("shape")
+        o.type.tensor_type.elem_type = 0  # inferred, not declared
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception:
@@ -110,6 +123,14 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
         if isinstance(t, gs.Constant) or id(t) in inputs:
             continue
         elem, dims = info.get(name, (0, None))
+        if elem:
+            want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+            have = _np_dtype(t.dtype)
+            if have is None:
+                t.dtype = want
+            elif have != want:
+                changes.append(f"'{name}' was declared {have.name}, inference gives {want.name}")
+                t.dtype = want
         if dims is None:
             if t.shape is not None:
                 unconfirmed.append(t)
@@ -119,8 +140,6 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
         elif _conflict(list(t.shape), dims):
             changes.append(f"'{name}' was declared {_fmt(t.shape)}, inference gives {_fmt(dims)}")
             t.shape = dims
-        if elem and t.dtype is None:
-            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
     outs = {id(t) for t in graph.outputs}
     lost = [t for t in unconfirmed if id(t) in outs and (changes or not t.shape)] + \
         [t for t in graph.outputs if t.shape is None and not isinstance(t, gs.Constant)]

@@ -150,3 +150,30 @@ def test_declared_shapes_are_hints(tmp_path, monkeypatch, reconcile):
     assert any(f"'{mm}' was declared [batch,16]" in f for f in fixed)
     assert err < 1e-5
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_a_declared_element_type_that_lies_is_corrected(tmp_path):
+    """onnxconverter-common's fp16 models with float32 IO declare the output float16 while a Cast to float makes it
+    (onnxruntime runs them; strict ONNX inference refuses them): the declaration is corrected with a QC212 remark,
+    the model compiles, and the written file is valid."""
+    import onnx
+    from onnx import TensorProto
+
+    from qcompiler.diagnostics import DiagnosticEngine
+
+    from ..builders import G
+
+    b = G(17)
+    x = b.input("x", ["N", 8])
+    h = b.node("Cast", [x], to=TensorProto.FLOAT16)
+    y = b.node("Relu", [b.node("MatMul", [h, b.init(b.rand(8, 8).astype(np.float16))])])
+    b.node("Cast", [y], outputs=["y"], to=TensorProto.FLOAT)
+    b.output("y", dtype=TensorProto.FLOAT16)  # the lie
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(b.model(infer_outputs=False), src)
+    diags = DiagnosticEngine()
+    compile_model(src, out, "tidy", diagnostics=diags)
+    assert any(d.code == "QC212" and "'y' was declared float16, inference gives float32" in d.message
+               for d in diags)
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    assert onnx.load(out).graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
