@@ -82,6 +82,10 @@ def _measured(graph: gs.Graph, feeds: list[dict[str, np.ndarray]], threads: int 
     """One run of ``graph`` over the feeds giving both the largest magnitude of every float tensor of the top-level
     graph (inf when not finite: its max and min reduced inside onnxruntime) and the model's outputs."""
     g = copy_graph(graph)
+    io = {id(t) for t in g.inputs} | {id(t) for t in g.outputs}
+    for t in g.tensors().values():  # onnxruntime infers them: probed DQs are duplicated by its QDQ transformers, and
+        if isinstance(t, gs.Variable) and id(t) not in io:  # a duplicate planned from a declared symbolic shape
+            t.shape = None                                   # was given another tensor's buffer (SLANet)
     names = Namer(g)
     probes: dict[str, str] = {}
     outs = list(g.outputs)

@@ -103,7 +103,9 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
     check are dropped.
     Returns one line per corrected declaration (graph inputs are never changed here: see
     :func:`reconcile_inputs`).  When inference fails, declarations stay as they are."""
-    model = strip_weights(export_model(graph))
+    base = strip_weights(export_model(graph))
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
     del model.graph.value_info[:]
     for o in model.graph.output:
         o.type.tensor_type.ClearField("shape")
@@ -144,13 +146,20 @@ def reconcile_shapes(graph: gs.Graph) -> list[str]:
     lost = [t for t in unconfirmed if id(t) in outs and (changes or not t.shape)] + \
         [t for t in graph.outputs if t.shape is None and not isinstance(t, gs.Constant)]
     if lost:  # outputs ONNX inference cannot reach (a data-dependent Reshape): onnxruntime's own inference
-        ort_shapes = _ort_output_shapes(model)
+        del base.graph.value_info[:]  # declarations may lie; element types stay (onnxruntime refuses an untyped output)
+        ort_shapes = _ort_output_shapes(base)
         seen: set[int] = set()
         for t in lost:
             if id(t) in seen:
                 continue
             seen.add(id(t))
             got = ort_shapes.get(t.name)
+            if got == [] and (t.shape is None or len(t.shape)):
+                # onnxruntime writes [] for "unknown" as for a scalar: one run on zeros decides; a declaration that
+                # cannot be checked even so stays
+                got = _run_output_rank(graph, t.name)
+                if got is None and t.shape is not None:
+                    unconfirmed = [u for u in unconfirmed if u is not t]
             if got is None:
                 continue
             if t.shape is not None and len(t.shape) == len(got):  # onnxruntime confirms it: the declaration stays
@@ -195,6 +204,36 @@ def _declarations_hold(graph: gs.Graph) -> bool:
             return True
         return False
     return True
+
+
+def _run_output_rank(graph: gs.Graph, name: str) -> list | None:
+    """The rank of output ``name`` in one onnxruntime run of the graph on zeros (symbolic input dims as 1), as
+    symbolic dims; None when the model does not run on zeros.  Only for outputs neither ONNX nor onnxruntime
+    inference can give a rank (a Loop whose carried state is declared without a shape)."""
+    import onnxruntime as ort
+
+    feeds = {}
+    for t in graph.inputs:
+        if t.shape is None or t.dtype is None:
+            return None
+        try:
+            feeds[t.name] = np.zeros([d if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in t.shape],
+                                     dtype=np.dtype(t.dtype))
+        except TypeError:
+            return None
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        model = export_model(graph)
+        del model.graph.value_info[:]
+        for o in model.graph.output:
+            o.type.tensor_type.ClearField("shape")
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        out = sess.run([name], feeds)[0]
+    except Exception:  # noqa: BLE001 - whatever stops the run, the declaration stays unknown
+        return None
+    return [f"{name}_dim{i}" for i in range(np.ndim(out))]
 
 
 def _ort_output_shapes(model: onnx.ModelProto) -> dict[str, list]:

@@ -86,7 +86,10 @@ def _fixed(n: gs.Node, opset: int) -> bool:
         return True
     if n.domain not in ("", "ai.onnx", None):
         return True
-    return op_typing(n.op, "", opset) is None
+    typing = op_typing(n.op, "", opset)
+    # an output type no input shares is set by an attribute (ConstantOfShape's value, RandomNormal's dtype):
+    # the node writes it as it is, its consumers get a Cast
+    return typing is None or any(grp.outputs and not grp.inputs for grp in typing.groups)
 
 
 def _groups(n: gs.Node, opset: int) -> list[tuple[TypeGroup, list[int], list[int]]]:

@@ -128,8 +128,13 @@ def _dynamo(torch, module, args, path, names, output_names, opset, dynamic_shape
         return
     batch = torch.export.Dim("batch")
     dims = tuple({0: batch} if getattr(a, "ndim", 0) >= 1 else None for a in args)
+    traced = args
+    batched = [isinstance(a, torch.Tensor) and a.ndim >= 1 for a in args]
+    if any(batched) and all(int(a.shape[0]) == 1 for a, b in zip(args, batched) if b):
+        # torch.export specializes a dim of size 1 to the constant 1: trace on the example repeated twice
+        traced = tuple(torch.cat([a, a]) if b else a for a, b in zip(args, batched))
     try:  # the batch free when the model allows it; else the example's shapes
-        torch.onnx.export(module, args, str(path), dynamic_shapes=dims, **kw)
+        torch.onnx.export(module, traced, str(path), dynamic_shapes=dims, **kw)
     except Exception as exc:  # noqa: BLE001
         diags.remark("QC301", f"exported with the example inputs' shapes: a dynamic batch dim failed "
                               f"({_first_line(exc)})")

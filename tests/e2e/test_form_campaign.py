@@ -257,8 +257,9 @@ def test_declared_shapes_that_lie(cases, tmp_path):
     named pipeline compiles each (the data decides an input's rank)."""
     from qcompiler.zoo.forms import SHAPE_FORMS
 
-    _campaign(cases, tmp_path, _pairs(SMALL, forms=SHAPE_FORMS) + _pairs(("if-subgraph", "paddle-opset12"),
-                                                                       forms=SHAPE_FORMS, pipelines=("trt-int8",)))
+    exotic = ("if-subgraph", "paddle-opset12", "loop-subgraph")
+    _campaign(cases, tmp_path, _pairs(SMALL, forms=SHAPE_FORMS) + _pairs(exotic, forms=SHAPE_FORMS,
+                                                                       pipelines=("trt-int8",)))
 
 
 def test_every_form_through_every_named_pipeline(cases, tmp_path):

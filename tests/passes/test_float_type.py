@@ -194,3 +194,27 @@ def test_deterministic(tmp_path):
     _compile(src, a, "trt-int8", calib)
     _compile(src, b, "trt-int8", calib)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_nodes_whose_output_type_is_an_attribute_keep_it(tmp_path):
+    """ConstantOfShape writes the type of its ``value`` attribute (float32 here; SLANet's decoder builds its state
+    so): the fp16 graph reads it through a Cast and onnxruntime loads and runs it."""
+    b = G(17)
+    x = b.input("x", ["N", 16])
+    h = b.gemm(x, 16, 16)
+    zeros = b.node("ConstantOfShape", [b.node("Shape", [h])],
+                   value=onnx.helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.5]))
+    b.output(b.gemm(b.node("Add", [h, zeros]), 16, 8))
+    src = tmp_path / "m.onnx"
+    onnx.save(b.model(), src)
+    calib = tmp_path / "c.npz"
+    feeds = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    np.savez(calib, x=feeds)
+    _compile(src, tmp_path / "q.onnx", "trt-int8", calib)
+    g, types = _types(tmp_path / "q.onnx")
+    cos = next(n for n in g.nodes if n.op == "ConstantOfShape")
+    assert types[cos.outputs[0].name] == "fp32"
+    assert any(n.op == "Cast" and n.inputs[0] is cos.outputs[0] for n in g.nodes)
+    y = run(g, {"x": feeds[:4]})
+    y0 = run(load_model(src), {"x": feeds[:4]})
+    assert sqnr_db(next(iter(y0.values())), next(iter(y.values()))) > 25

@@ -84,6 +84,23 @@ def test_compile_torch_matches_export_then_compile(tmp_path, exporter):
     assert _graph_bytes(out) == _graph_bytes(out2)
 
 
+def test_a_batch_of_one_example_exports_a_free_batch(tmp_path):
+    """torch.export fixes a dim of size 1; the example is traced twice over so the batch stays free, and a
+    DataLoader of batches of 8 calibrates the model exported from a one-image example."""
+    from qcompiler.torch import export_module
+
+    m, x = _net(), _images()
+    one = x[:1].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # NCHW over NHWC memory, as photos come
+    src = tmp_path / "m.onnx"
+    diags = DiagnosticEngine()
+    export_module(m, (one,), src, exporter="dynamo", diagnostics=diags)
+    dim0 = onnx.load(str(src)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value, dim0
+    assert not [d for d in diags if d.code == "QC301"]
+    qcompiler.compile_torch(m, (one,), tmp_path / "t.onnx", calib_data=_loader(x, 8), progress=False)
+    assert lint_model(tmp_path / "t.onnx").n_errors == 0
+
+
 def test_dataset_iterables_and_dicts_calibrate_alike(tmp_path):
     """A Dataset (single samples, batched here), a list of (tensor, label) tuples and a list of dicts are the same
     data: the same scales, so the same model."""
