@@ -87,9 +87,10 @@ def _fixed(n: gs.Node, opset: int) -> bool:
     if n.domain not in ("", "ai.onnx", None):
         return True
     typing = op_typing(n.op, "", opset)
-    # an output type no input shares is set by an attribute (ConstantOfShape's value, RandomNormal's dtype):
-    # the node writes it as it is, its consumers get a Cast
-    return typing is None or any(grp.outputs and not grp.inputs for grp in typing.groups)
+    # an output type no input shares is set by an attribute (ConstantOfShape's value, RandomNormal's dtype,
+    # LayerNormalization's stash_type for its optional Mean): the node writes it as it is, its consumers get a Cast
+    return typing is None or any(not grp.inputs and any(k < len(n.outputs) and n.outputs[k].name for k in grp.outputs)
+                                 for grp in typing.groups)
 
 
 def _groups(n: gs.Node, opset: int) -> list[tuple[TypeGroup, list[int], list[int]]]:
