@@ -2,7 +2,8 @@
 
 A compile's *inputs* are the model file and its external data, the calibration data (its files, or the
 fingerprint of in-memory data when it has one), the recipe, the reproducer state, the canonical pipeline and the
-options that change the result, and the versions of qcompiler, onnx and onnxruntime.  Their hash, the *build
+options that change the result, and the versions of qcompiler (with a hash of its sources), onnx and
+onnxruntime.  Their hash, the *build
 key*, is written into the output's metadata (``qcompiler.build_key``).  When the output exists and records the key
 the inputs have now, ``compile`` leaves it untouched (same bytes, same mtime) and says so in one line.  Data whose
 content cannot be hashed without reading it all in (a Python iterable, a DataLoader) has no key: such a compile
@@ -38,7 +39,27 @@ def versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"qcompiler": __version__, "onnx": version("onnx"), "onnxruntime": version("onnxruntime")}
+    return {"qcompiler": __version__, "qcompiler-source": source_hash(), "onnx": version("onnx"),
+            "onnxruntime": version("onnxruntime")}
+
+
+_SOURCE: list[str] = []
+
+
+def source_hash() -> str:
+    """The hash of qcompiler's own Python sources (the package and its passes): a checkout whose code changed
+    under the same version number is another compiler, and its outputs are not up to date."""
+    if not _SOURCE:
+        from . import __path__ as core
+        from . import passes
+
+        h = hashlib.sha256()
+        for root in [*core, *passes.__path__]:
+            for f in sorted(Path(root).rglob("*.py")):
+                h.update(f.relative_to(root).as_posix().encode())
+                h.update(f.read_bytes())
+        _SOURCE.append(h.hexdigest()[:16])
+    return _SOURCE[0]
 
 
 @dataclass

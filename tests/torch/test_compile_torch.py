@@ -184,6 +184,15 @@ def test_up_to_date_outputs_are_left_alone_and_inputs_are_listed(tmp_path):
     doc = json.loads(man.read_text())
     assert doc["up_to_date"] and set(doc["inputs"]) == {str(src), str(calib)}
     assert doc["pipeline"] == "trt-int8" and doc["versions"]["qcompiler"]
+    import qcompiler.build as build
+
+    assert doc["versions"]["qcompiler-source"] == build.source_hash()
+    saved = list(build._SOURCE)
+    build._SOURCE[:] = ["another-checkout"]  # the same version number, other code: another compiler
+    try:
+        assert not qcompiler.compile_model(src, out, "trt-int8", **kw).up_to_date
+    finally:
+        build._SOURCE[:] = saved
     np.savez(calib, x=x.numpy() * 2)  # new data: rebuilt
     assert not qcompiler.compile_model(src, out, "trt-int8", **kw).up_to_date
     assert not qcompiler.compile_model(src, out, "trt-int8", **kw, rebuild=True).up_to_date

@@ -111,7 +111,8 @@ class _Rows:
         if getattr(bench.args, "resume", False) and self.path.exists():
             for line in self.path.read_text().splitlines():
                 r = json.loads(line)
-                if r.get("ok"):  # failures are measured again
+                # failures are measured again, but not a worker killed for memory (it would be killed again)
+                if r.get("ok") or str(r.get("error", "")).startswith("worker exited -9"):
                     self.done[r["_key"]] = r
 
     def get(self, key: str, measure) -> dict:

@@ -23,7 +23,7 @@ def w_qcompiler(task: dict) -> dict:
     t0 = time.perf_counter()
     res = compile_model(task["src"], task["out"], task["pipeline"], calib_data=task["calib"],
                         config=task.get("config"), calib_cache=task.get("cache"),
-                        calib_options={"batch_size": task.get("batch", 8)})
+                        calib_options={"batch_size": task.get("batch", 8)}, rebuild=True)
     wall = time.perf_counter() - t0
     ft = res.context.state.get(FinetuneResult)
     guard = next((st for st in res.context.state if getattr(st, "fact", "") == "guard-report"), None)
@@ -165,7 +165,8 @@ def w_compile_only(task: dict) -> dict:
     from qcompiler.api import compile_model
 
     t0 = time.perf_counter()
-    res = compile_model(task["src"], task["out"], task["pipeline"], calib_data=task["calib"], calib_cache=task["cache"])
+    res = compile_model(task["src"], task["out"], task["pipeline"], calib_data=task["calib"], calib_cache=task["cache"],
+                        rebuild=True)
     total = time.perf_counter() - t0
     cached = any(r.name == "calibrate" and r.stats.get("cached") for r in res.result.records)
     return {"total_s": round(total, 3), "passes_s": round(sum(r.seconds for r in res.result.records), 3),
