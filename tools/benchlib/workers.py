@@ -386,8 +386,8 @@ def run_task(task: dict, python: str | None = None, timeout: int = 3600) -> dict
 @register("torch_compile")
 def w_torch_compile(task: dict) -> dict:
     """qcompiler.compile_torch of a zoo architecture (random weights) with a DataLoader of ``samples`` images
-    (deterministic random pixels: memory does not depend on what they show); wall time and peak RSS of the
-    whole call (export, calibration, compile)."""
+    (deterministic random pixels, made one at a time as a Dataset does from files: memory does not depend on what
+    they show); wall time and peak RSS of the whole call (export, calibration, compile)."""
     import torch
 
     import qcompiler
@@ -396,10 +396,17 @@ def w_torch_compile(task: dict) -> dict:
     entry = zoo.get(task["model"])
     torch.manual_seed(0)
     model = entry.build().eval()
-    shape = (task["samples"],) + tuple(entry.input_shape)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=task.get("batch", 16))
+    shape = tuple(entry.input_shape)
+
+    class Pixels(torch.utils.data.Dataset):  # each sample made when asked for: the data is never all in memory
+        def __len__(self):
+            return task["samples"]
+
+        def __getitem__(self, i):
+            return torch.randn(*shape, generator=torch.Generator().manual_seed(i))
+
+    loader = torch.utils.data.DataLoader(Pixels(), batch_size=task.get("batch", 16))
     t0 = time.perf_counter()
-    qcompiler.compile_torch(model, (x[:1],), task["out"], task.get("pipeline", "trt-int8"), calib_data=loader,
-                            progress=False)
+    qcompiler.compile_torch(model, (Pixels()[0][None],), task["out"], task.get("pipeline", "trt-int8"),
+                            calib_data=loader, progress=False)
     return {"wall_s": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)}
