@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -175,7 +176,12 @@ def compile_model(input_path: str | os.PathLike, output_path: str | os.PathLike,
         inputs = build.gather(input_path, str(spec), o, ctx.calib_data)
         key = inputs.key
         if key is not None and not o.rebuild and build.recorded_key(out) == key:
-            diags.remark("QC140", f"{out} is up to date (model, data, recipe and pipeline unchanged): not rebuilt")
+            stale = build.newer_inputs(out, inputs)
+            if stale:  # an input touched but not changed: make would run this rule again and again
+                t = max([time.time_ns()] + [os.stat(f).st_mtime_ns for f in stale])
+                os.utime(out, ns=(t, t))
+            diags.remark("QC140", f"{out} is up to date (model, data, recipe and pipeline unchanged): not rebuilt"
+                         + (f"; its time stamp brought past {len(stale)} touched input(s)" if stale else ""))
             res = CompileResult(load_model(out, normalize=False), str(spec), PipelineResult(), diags, ctx, out,
                                 up_to_date=True)
         else:

@@ -122,6 +122,22 @@ def gather(input_path: str | os.PathLike, pipeline_text: str, options: Any, cali
     return b
 
 
+def newer_inputs(output: str | os.PathLike, inputs: BuildInputs) -> list[str]:
+    """The input files modified after ``output`` was (touched, or changed back to what they were)."""
+    try:
+        stamp = os.stat(output).st_mtime_ns
+    except OSError:
+        return []
+    out = []
+    for f in inputs.files:
+        try:
+            if os.stat(f).st_mtime_ns > stamp:
+                out.append(f)
+        except OSError:
+            continue
+    return out
+
+
 def recorded_key(output: str | os.PathLike) -> str | None:
     """The build key an existing output records (None: none, or not a readable model)."""
     from .ir.io import read_model_proto
