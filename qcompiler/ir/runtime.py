@@ -25,13 +25,19 @@ OPT_LEVELS = {
 }
 
 
-def session_options(opt_level: str = "basic", threads: int | None = None) -> ort.SessionOptions:
+def session_options(opt_level: str = "basic", threads: int | None = None, *,
+                    in_node_order: bool = False) -> ort.SessionOptions:
+    """``in_node_order``: nodes run in the graph's node order where the data allows (onnxruntime's priority-based
+    order; its default walks back from the outputs, so nodes added for extra outputs run last and keep what they
+    read alive until then)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = OPT_LEVELS[opt_level]
     so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if in_node_order:
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     return so
 
 
