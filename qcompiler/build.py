@@ -50,11 +50,13 @@ def source_hash() -> str:
     """The hash of qcompiler's own Python sources (the package and its passes): a checkout whose code changed
     under the same version number is another compiler, and its outputs are not up to date."""
     if not _SOURCE:
-        from . import __path__ as core
-        from . import passes
+        from importlib.util import find_spec
 
+        from . import __path__ as core
+
+        spec = find_spec("qcompiler.passes")  # (located, not imported: the core does not import the passes)
         h = hashlib.sha256()
-        for root in [*core, *passes.__path__]:
+        for root in [*core, *(spec.submodule_search_locations or [] if spec else [])]:
             for f in sorted(Path(root).rglob("*.py")):
                 h.update(f.relative_to(root).as_posix().encode())
                 h.update(f.read_bytes())
