@@ -52,3 +52,14 @@ def upgrade_opset(graph: gs.Graph, target: int) -> bool:
         new_meta = get_meta(new)
         meta.external_files = tuple(sorted(set(meta.external_files) | set(new_meta.external_files)))
     return True
+
+
+def import_domain(graph: gs.Graph, domain: str, version: int) -> None:
+    """Declare that ``graph`` uses ops of ``domain`` (com.microsoft's contrib ops) at ``version``; the default
+    domain's entry is kept."""
+    import onnx
+
+    have = list(graph.import_domains or [onnx.helper.make_opsetid("", int(graph.opset or 13))])
+    if not any(d.domain == domain for d in have):
+        have.append(onnx.helper.make_opsetid(domain, version))
+    graph.import_domains = have
