@@ -13,7 +13,7 @@ from .workers import FeedReader, register, run_task
 QC = [("trt-int8", "default (fp16 float parts)"), ("trt-int8{float=fp32}", "float parts fp32"),
       ("trt-int8{float=bf16}", "float parts bf16"), ("trt-int8{guard=off}", "guard off"),
       ("trt-fp8", "fp8 default (fp16 float parts)"), ("trt-fp8{float=fp32}", "fp8, float parts fp32"),
-      ("trt-int4-weights", "int4 weights default")]
+      ("trt-int4-weights", "int4 weights default"), ("ort-int4-weights", "int4 weights as MatMulNBits")]
 ORT = ["minmax", "percentile", "entropy"]
 MO = [("int8", "max"), ("int8", "entropy"), ("fp8", "max")]
 QUICK_QC = [("trt-int8", "default"), ("trt-int8{guard=off}", "guard off")]
