@@ -156,24 +156,37 @@ def has_float8(path: str | os.PathLike) -> bool:
         any(a.t.data_type in fp8 for n in m.graph.node if n.op_type == "Constant" for a in n.attribute)
 
 
+def has_float16(path: str | os.PathLike) -> bool:
+    import onnx
+
+    f16 = onnx.TensorProto.FLOAT16
+    m = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type == f16 for t in m.graph.initializer) or \
+        any(v.type.tensor_type.elem_type == f16 for v in list(m.graph.value_info) + list(m.graph.input)
+            + list(m.graph.output))
+
+
 def session(path: str | os.PathLike):
     """An onnxruntime CPU session as a user would open one (default optimizations), quiet.  Models with float8
     Q/DQ run at the basic level: onnxruntime 1.32's extended CPU optimizations compute U2Net's fp8 graph wrongly
     (first output 0.06 dB against FP32 where the basic level gives 26.3 dB; docs/benchmarks.md), and TensorRT,
     not onnxruntime's CPU kernels, is what an fp8 model is for.  Models with bf16 parts run through
-    qcompiler.quant.floattype.emulated (onnxruntime's CPU kernels have no bf16)."""
+    qcompiler.quant.floattype.emulated (onnxruntime's CPU kernels have no bf16); with the environment variable
+    ``QCOMPILER_EVAL_FP16=tensorrt``, fp16 parts too (float32 compute, fp16 storage, as TensorRT runs them:
+    onnxruntime's CPU fp16 convolutions accumulate less precisely, docs/benchmarks.md)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if has_float8(path):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if has_bfloat16(path):  # onnxruntime's CPU kernels lack bf16: float32 compute with bf16 storage rounding
+    fp16 = os.environ.get("QCOMPILER_EVAL_FP16", "native") == "tensorrt" and has_float16(path)
+    if has_bfloat16(path) or fp16:  # onnxruntime's CPU kernels lack bf16: float32 compute with bf16 storage rounding
         from qcompiler.ir import load_model
         from qcompiler.ir.io import serialize_for_runtime
         from qcompiler.quant.floattype import emulated
 
-        blob = serialize_for_runtime(emulated(load_model(path)))
+        blob = serialize_for_runtime(emulated(load_model(path), ("bf16", "fp16") if fp16 else ("bf16",)))
         assert blob is not None
         return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -240,7 +240,8 @@ def test_a_rewrite_that_loses_against_fp32_is_a_warning(tmp_path):
     rep = res.context.state.get(FloatTypeReport)
     assert not rep.islands
     lost = [d for d in diags if d.code == "QC305" and "against FP32" in d.message]
-    assert lost and min(rep.health_db.values()) < min(rep.health_before_db.values()) - 1.0, rep.health_db
+    worst = min(rep.health_db.values())
+    assert lost and not worst > min(rep.health_before_db.values()) - 1.0, rep.health_db  # (NaN: inf reached it)
     res, diags = _compile(src, tmp_path / "d.onnx", "trt-int8", calib)  # the default limit: an island, no loss
     rep = res.context.state.get(FloatTypeReport)
     assert rep.islands and not [d for d in diags if d.code == "QC305" and "against FP32" in d.message]
