@@ -505,8 +505,8 @@ def emulated(graph: gs.Graph, kinds: tuple[str, ...] = ("bf16",)) -> gs.Graph:
     from ..ir.graph import copy_graph
 
     g = copy_graph(graph)
-    was = {t.name: k for t in g.tensors().values()
-           if isinstance(t, gs.Variable) and (k := _kind_of(t)) in kinds}
+    was = {t.name: kd for t in g.tensors().values()
+           if isinstance(t, gs.Variable) and (kd := _kind_of(t)) in kinds}
     if not was and not any(isinstance(t, gs.Constant) and _kind_of(t) in kinds for t in g.tensors().values()):
         return g
     retype(g, "fp32", keep_io=True)
