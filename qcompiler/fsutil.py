@@ -7,6 +7,7 @@ folder and renamed over the destination, so an interrupted run never leaves half
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -50,3 +51,12 @@ def read_structured(path: str | os.PathLike) -> Any:
         return yaml.safe_load(text)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
         raise ValueError(str(exc)) from None
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -9,7 +9,6 @@ cache, never in the repository.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from qcompiler.fsutil import file_digest
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,7 @@ def cache_root() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)
 
 
 def wheel_path(key: str) -> Path:

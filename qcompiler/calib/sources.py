@@ -29,6 +29,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..diagnostics import CalibrationError
+from ..fsutil import file_digest
 from .images import IMAGE_EXT, load_image, parse_preprocess
 from .npy import NpyArray, npz_members
 
@@ -85,11 +86,7 @@ def check_lengths(lens: dict[str, int], layout: str, where: str) -> None:
 
 
 def _file_hash(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha1")
 
 
 class DataSource:
