@@ -3,11 +3,10 @@
 A compile's *inputs* are the model file and its external data, the calibration data (its files, or the
 fingerprint of in-memory data when it has one), the recipe, the reproducer state, the canonical pipeline and the
 options that change the result, and the versions of qcompiler (with a hash of its sources), onnx and
-onnxruntime.  Their hash, the *build
-key*, is written into the output's metadata (``qcompiler.build_key``).  When the output exists and records the key
-the inputs have now, ``compile`` leaves it untouched (same bytes, same mtime) and says so in one line.  Data whose
-content cannot be hashed without reading it all in (a Python iterable, a DataLoader) has no key: such a compile
-always runs.
+onnxruntime.  Their hash, the *build key*, is written into the output's metadata (``qcompiler.build_key``).
+When the output exists and records the key the inputs have now, ``compile`` leaves it untouched (same bytes, same
+mtime) and says so in one line.  Data whose content cannot be hashed without reading it all in (a Python
+iterable, a DataLoader) has no key: such a compile always runs.
 
 ``--depfile out.d`` writes the files the output depends on in the Makefile form that Make and Ninja read
 (``depfile`` in Ninja, ``DEPFILE`` in CMake's ``add_custom_command``); ``--manifest out.json`` records the inputs'
@@ -16,6 +15,7 @@ hashes, the canonical pipeline, the versions and a summary of the result.  docs/
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,25 +41,21 @@ def versions() -> dict[str, str]:
             "onnxruntime": version("onnxruntime")}
 
 
-_SOURCE: list[str] = []
-
-
+@functools.cache
 def source_hash() -> str:
     """The hash of qcompiler's own Python sources (the package and its passes): a checkout whose code changed
     under the same version number is another compiler, and its outputs are not up to date."""
-    if not _SOURCE:
-        from importlib.util import find_spec
+    from importlib.util import find_spec
 
-        from . import __path__ as core
+    from . import __path__ as core
 
-        spec = find_spec("qcompiler.passes")  # (located, not imported: the core does not import the passes)
-        h = hashlib.sha256()
-        for root in [*core, *(spec.submodule_search_locations or [] if spec else [])]:
-            for f in sorted(Path(root).rglob("*.py")):
-                h.update(f.relative_to(root).as_posix().encode())
-                h.update(f.read_bytes())
-        _SOURCE.append(h.hexdigest()[:16])
-    return _SOURCE[0]
+    spec = find_spec("qcompiler.passes")  # (located, not imported: the core does not import the passes)
+    h = hashlib.sha256()
+    for root in [*core, *(spec.submodule_search_locations or [] if spec else [])]:
+        for f in sorted(Path(root).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -187,12 +187,9 @@ def test_up_to_date_outputs_are_left_alone_and_inputs_are_listed(tmp_path):
     import qcompiler.build as build
 
     assert doc["versions"]["qcompiler-source"] == build.source_hash()
-    saved = list(build._SOURCE)
-    build._SOURCE[:] = ["another-checkout"]  # the same version number, other code: another compiler
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the same version number, other code: another compiler
+        mp.setattr(build, "source_hash", lambda: "another-checkout")
         assert not qcompiler.compile_model(src, out, "trt-int8", **kw).up_to_date
-    finally:
-        build._SOURCE[:] = saved
     np.savez(calib, x=x.numpy() * 2)  # new data: rebuilt
     assert not qcompiler.compile_model(src, out, "trt-int8", **kw).up_to_date
     assert not qcompiler.compile_model(src, out, "trt-int8", **kw, rebuild=True).up_to_date
